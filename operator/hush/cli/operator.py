@@ -1,0 +1,54 @@
+"""``hush operator``: run the kopf operator (reconcilers; later webhooks and accountant)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+import kopf
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "operator", help="Run the Hush operator against the current kubeconfig or in-cluster."
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="Watch only this namespace (repeatable; globs allowed). Default: all namespaces.",
+    )
+    scope.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="Watch every namespace (default)."
+    )
+    parser.add_argument(
+        "--liveness",
+        default=None,
+        metavar="URL",
+        help="Serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="Log at debug level.")
+    parser.set_defaults(handler=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    # Importing the handlers registers them with kopf's default registry.
+    from hush import handlers  # noqa: F401
+
+    logging.basicConfig(
+        level=logging.DEBUG if arguments.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
+    )
+    namespaces: list[str] = arguments.namespace
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        # One replica for now; leader election arrives with the ledger, which needs a
+        # single writer (see docs/design for the spending protocol).
+        standalone=True,
+        liveness_endpoint=arguments.liveness,
+    )
+    return 0

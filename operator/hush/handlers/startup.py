@@ -1,0 +1,34 @@
+"""Operator-wide kopf settings, applied once at startup.
+
+Each setting names why it is not kopf's default.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+ANNOTATION_PREFIX = "operator.hush.dev"
+
+
+@kopf.on.startup(id="operator_configure")
+def operator_configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # kopf's default progress storage also writes status.kopf, which our structural CRD
+    # schemas prune; the resulting never-settling writes loop. Annotations only.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    # Events for every handler success are noise in `kubectl describe`; keep warnings.
+    settings.posting.level = logging.WARNING
+    # Long watches silently stall behind some load balancers; bound them so that kopf
+    # reconnects (nolar/kopf#232, #585).
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    # Spread the API load a little on restart without delaying first reconciliation.
+    settings.batching.worker_limit = 20

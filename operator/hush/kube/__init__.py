@@ -1,0 +1,1 @@
+"""The only code in Hush that calls the Kubernetes API directly (besides kopf itself)."""

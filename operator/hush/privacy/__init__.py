@@ -1,0 +1,1 @@
+"""Privacy math: sensitivities, mechanisms, calibration, accounting. Pure code, no I/O."""

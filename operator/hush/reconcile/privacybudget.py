@@ -1,0 +1,250 @@
+"""Evaluate a ``PrivacyBudget``: is its spec acceptable, and what does its status say?
+
+The apiserver's CEL rules refuse most nonsense, but they compare doubles with a slack
+(see ``hush.api.privacybudget``). This module redoes the checks that matter in exact
+decimals and reports a spec it cannot accept as ``Ready=False`` with a reason and a fix,
+never by raising. It also derives the totals shown by ``kubectl get privacybudgets``.
+
+Spending is not decided here: the spent amounts are carried over from the current status
+(the ledger owns them); this module only recomputes what follows from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+from collections.abc import Mapping
+from typing import Any
+
+import pydantic
+
+from hush.api import common, privacybudget
+from hush.privacy import amounts
+from hush.reconcile import conditions as conditions_module
+
+READY = "Ready"
+NEAR_EXHAUSTION = "NearExhaustion"
+EXHAUSTED = "Exhausted"
+UNBOUNDED_LOSS = "UnboundedLifetimeLoss"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TeamQuota:
+    epsilon: decimal.Decimal
+    delta: decimal.Decimal
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BudgetSummary:
+    """What a DPPolicy needs to know about the budget it names."""
+
+    accepted: bool
+    reason: str
+    accounting: str
+    quotas: Mapping[str, TeamQuota]
+
+
+def parse_spec(spec: Mapping[str, Any]) -> privacybudget.PrivacyBudgetSpec:
+    """The typed spec; raises ``pydantic.ValidationError`` with every problem."""
+    return privacybudget.PrivacyBudgetSpec.model_validate(dict(spec))
+
+
+def spec_problems(spec: privacybudget.PrivacyBudgetSpec) -> list[str]:
+    """Problems that the apiserver's double-precision CEL rules cannot see, in words."""
+    problems = []
+    total_epsilon = amounts.exact(spec.epsilon)
+    total_delta = amounts.exact(spec.delta)
+    quota_epsilon = amounts.total([amounts.exact(quota.epsilon) for quota in spec.quotas])
+    quota_delta = amounts.total([amounts.exact(quota.delta) for quota in spec.quotas])
+    if quota_epsilon > total_epsilon:
+        problems.append(
+            f"the quotas' epsilon add up to {amounts.display(quota_epsilon)}, more than "
+            f"spec.epsilon {amounts.display(total_epsilon)}: lower a quota or raise the total"
+        )
+    if quota_delta > total_delta:
+        problems.append(
+            f"the quotas' delta add up to {amounts.display(quota_delta)}, more than "
+            f"spec.delta {amounts.display(total_delta)}: lower a quota or raise the total"
+        )
+    return problems
+
+
+def describe_validation_error(error: pydantic.ValidationError) -> str:
+    parts = []
+    for problem in error.errors():
+        location = ".".join(str(part) for part in problem["loc"]) or "spec"
+        parts.append(f"spec.{location}: {problem['msg']}")
+    return "; ".join(parts)
+
+
+def summarise(spec: Mapping[str, Any]) -> BudgetSummary:
+    """The summary that policies referring to this budget are checked against."""
+    try:
+        parsed = parse_spec(spec)
+    except pydantic.ValidationError:
+        return BudgetSummary(accepted=False, reason="InvalidSpec", accounting="", quotas={})
+    problems = spec_problems(parsed)
+    return BudgetSummary(
+        accepted=not problems,
+        reason="QuotasExceedTotal" if problems else "Accepted",
+        accounting=parsed.accounting,
+        quotas={
+            quota.team: TeamQuota(
+                epsilon=amounts.exact(quota.epsilon), delta=amounts.exact(quota.delta)
+            )
+            for quota in parsed.quotas
+        },
+    )
+
+
+def _spent(status: Mapping[str, Any], key: str) -> decimal.Decimal:
+    section = status.get(key)
+    if isinstance(section, Mapping):
+        try:
+            return amounts.exact(str(section.get("spent", "0")))
+        except (decimal.InvalidOperation, ValueError):
+            return decimal.Decimal(0)
+    return decimal.Decimal(0)
+
+
+def _spend(total: decimal.Decimal, spent: decimal.Decimal) -> privacybudget.Spend:
+    remaining = max(total - spent, decimal.Decimal(0))
+    return privacybudget.Spend(
+        total=amounts.display(total),
+        spent=amounts.display(spent),
+        remaining=amounts.display(remaining),
+    )
+
+
+def _team_spent(status: Mapping[str, Any]) -> dict[str, tuple[decimal.Decimal, decimal.Decimal]]:
+    spent: dict[str, tuple[decimal.Decimal, decimal.Decimal]] = {}
+    teams = status.get("teams")
+    if isinstance(teams, list):
+        for entry in teams:
+            if isinstance(entry, Mapping) and isinstance(entry.get("team"), str):
+                spent[entry["team"]] = (_spent(entry, "epsilon"), _spent(entry, "delta"))
+    return spent
+
+
+def evaluate(
+    spec: Mapping[str, Any],
+    *,
+    generation: int,
+    status: Mapping[str, Any],
+    now: datetime.datetime,
+) -> privacybudget.PrivacyBudgetStatus:
+    """The status ``PrivacyBudget`` should have, given its spec and current status."""
+    current = conditions_module.parse(status.get("conditions"))
+
+    def condition(
+        items: list[common.Condition],
+        type_: str,
+        state: common.ConditionStatus,
+        reason: str,
+        message: str,
+    ) -> list[common.Condition]:
+        return conditions_module.set_condition(
+            items,
+            condition_type=type_,
+            status=state,
+            reason=reason,
+            message=message,
+            observed_generation=generation,
+            now=now,
+        )
+
+    try:
+        parsed = parse_spec(spec)
+    except pydantic.ValidationError as error:
+        message = "The spec cannot be used: " + describe_validation_error(error)
+        return privacybudget.PrivacyBudgetStatus(
+            observed_generation=generation,
+            conditions=condition(current, READY, "False", "InvalidSpec", message),
+            state="Invalid",
+        )
+
+    problems = spec_problems(parsed)
+    if problems:
+        message = "The spec cannot be used: " + "; ".join(problems)
+        updated = condition(current, READY, "False", "QuotasExceedTotal", message)
+        state: privacybudget.BudgetState = "Invalid"
+    else:
+        updated = condition(
+            current,
+            READY,
+            "True",
+            "Accepted",
+            f"Budget of dataset {parsed.dataset} accepted with {len(parsed.quotas)} team quota(s)",
+        )
+        state = "Ready"
+
+    total_epsilon = amounts.exact(parsed.epsilon)
+    total_delta = amounts.exact(parsed.delta)
+    spent_epsilon = _spent(status, "epsilon")
+    spent_delta = _spent(status, "delta")
+    fraction = spent_epsilon / total_epsilon
+    crossed = [alert for alert in sorted(parsed.alerts) if fraction >= amounts.exact(alert)]
+    exhausted = spent_epsilon >= total_epsilon or (total_delta > 0 and spent_delta >= total_delta)
+
+    if exhausted:
+        updated = condition(
+            updated,
+            EXHAUSTED,
+            "True",
+            "BudgetSpent",
+            f"Spent {amounts.display(spent_epsilon)} of epsilon {amounts.display(total_epsilon)}; "
+            "further charges are refused",
+        )
+    else:
+        updated = condition(updated, EXHAUSTED, "False", "BudgetAvailable", "")
+    if crossed:
+        updated = condition(
+            updated,
+            NEAR_EXHAUSTION,
+            "True",
+            "AlertThresholdCrossed",
+            f"Spent {amounts.display(spent_epsilon)} of epsilon {amounts.display(total_epsilon)}"
+            f" (at least {crossed[-1]:.0%})",
+        )
+    else:
+        updated = condition(updated, NEAR_EXHAUSTION, "False", "BelowAlertThresholds", "")
+    if parsed.renewal.policy == "calendar":
+        updated = condition(
+            updated,
+            UNBOUNDED_LOSS,
+            "True",
+            "CalendarRenewal",
+            f"The budget resets every {parsed.renewal.period} on the same data: the lifetime "
+            "privacy loss grows without bound. Prefer renewal.policy perDataBlock",
+        )
+
+    if state == "Ready":
+        if exhausted:
+            state = "Exhausted"
+        elif crossed:
+            state = "NearExhaustion"
+
+    team_spent = _team_spent(status)
+    teams = [
+        privacybudget.TeamSpend(
+            team=quota.team,
+            epsilon=_spend(
+                amounts.exact(quota.epsilon),
+                team_spent.get(quota.team, (decimal.Decimal(0),) * 2)[0],
+            ),
+            delta=_spend(
+                amounts.exact(quota.delta), team_spent.get(quota.team, (decimal.Decimal(0),) * 2)[1]
+            ),
+        )
+        for quota in parsed.quotas
+    ]
+    return privacybudget.PrivacyBudgetStatus(
+        observed_generation=generation,
+        conditions=updated,
+        state=state,
+        epsilon=_spend(total_epsilon, spent_epsilon),
+        delta=_spend(total_delta, spent_delta),
+        teams=teams,
+        team_count=len(teams),
+    )
