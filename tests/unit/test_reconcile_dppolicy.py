@@ -1,0 +1,135 @@
+"""DPPolicy evaluation: readiness against its budget, sensitivity, the policy hash."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from typing import Any
+
+import pytest
+
+from hush.reconcile import conditions, dppolicy, privacybudget
+
+BUDGET = privacybudget.summarise(
+    {
+        "dataset": "census",
+        "epsilon": 1.0,
+        "delta": 1e-6,
+        "quotas": [{"team": "analytics", "epsilon": 0.5, "delta": 1e-7}],
+    }
+)
+
+
+def _spec(**route_overrides: Any) -> dict[str, Any]:
+    route: dict[str, Any] = {
+        "path": "/stats/{region}",
+        "mechanism": "laplace",
+        "epsilon": 0.1,
+        "fields": [{"path": "$.total", "kind": "sum", "bounds": {"lower": 0, "upper": 100}}],
+    }
+    route.update(route_overrides)
+    return {
+        "budgetRef": {"name": "census", "team": "analytics"},
+        "upstream": {"port": 8080},
+        "routes": [route],
+    }
+
+
+def _evaluate(spec: dict[str, Any], budget: Any = BUDGET, now: Any = None) -> Any:
+    return dppolicy.evaluate(
+        spec,
+        namespace="ns",
+        generation=4,
+        status={},
+        lookup_budget=lambda name: budget if name == "census" else None,
+        now=now or datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+    )
+
+
+def _ready(spec: dict[str, Any], budget: Any = BUDGET) -> tuple[str, str, str]:
+    ready = conditions.find(_evaluate(spec, budget).conditions, "Ready")
+    assert ready is not None
+    return ready.status, ready.reason, ready.message
+
+
+def test_policy_within_its_quota_is_ready() -> None:
+    status, reason, _ = _ready(_spec())
+    assert (status, reason) == ("True", "Accepted")
+    assert _evaluate(_spec()).observed_generation == 4
+
+
+def test_missing_budget_is_reported_with_the_fix() -> None:
+    status, reason, message = _ready(_spec(), budget=None)
+    assert (status, reason) == ("False", "BudgetNotFound")
+    assert "census" in message and "namespace ns" in message and "spec.budgetRef.name" in message
+
+
+def test_team_without_quota() -> None:
+    spec = _spec()
+    spec["budgetRef"]["team"] = "growth"
+    status, reason, message = _ready(spec)
+    assert (status, reason) == ("False", "TeamNotInBudget")
+    assert "teams: analytics" in message
+
+
+def test_release_costing_more_than_the_whole_quota() -> None:
+    status, reason, _ = _ready(_spec(epsilon=0.6))
+    assert (status, reason) == ("False", "ReleaseExceedsQuota")
+    status, reason, _ = _ready(_spec(mechanism="gaussian", epsilon=0.1, delta=1e-6))
+    assert (status, reason) == ("False", "ReleaseExceedsQuota")
+
+
+def test_budget_that_is_not_accepted() -> None:
+    bad = privacybudget.summarise(
+        {
+            "dataset": "d",
+            "epsilon": 1.0,
+            "quotas": [{"team": "analytics", "epsilon": 0.7}, {"team": "b", "epsilon": 0.30000001}],
+        }
+    )
+    assert _ready(_spec(), budget=bad)[1] == "BudgetNotReady"
+
+
+@pytest.mark.parametrize(
+    ("field", "understated"),
+    [
+        (
+            {"path": "$.t", "kind": "sum", "bounds": {"lower": -5, "upper": 3}, "sensitivity": 4},
+            True,
+        ),
+        (
+            {"path": "$.t", "kind": "sum", "bounds": {"lower": -5, "upper": 3}, "sensitivity": 5},
+            False,
+        ),
+        ({"path": "$.c", "kind": "count", "contributionsPerIndividual": 3, "sensitivity": 2}, True),
+        ({"path": "$.c", "kind": "histogram", "sensitivity": 10}, False),
+    ],
+)
+def test_sensitivity_may_be_raised_never_lowered(field: dict[str, Any], understated: bool) -> None:
+    status, reason, _ = _ready(_spec(fields=[field]))
+    assert (reason == "SensitivityUnderstated") is understated
+    assert (status == "True") is (not understated)
+
+
+def test_hash_ignores_spelled_out_defaults_and_key_order() -> None:
+    plain = _spec()
+    explicit = copy.deepcopy(plain)
+    explicit["routes"][0].update(
+        {"delta": 0.0, "methods": ["GET"], "cacheTTL": "5m", "minCohort": 0}
+    )
+    reordered = dict(reversed(list(plain.items())))
+    hashes = {_evaluate(spec).policy_hash for spec in (plain, explicit, reordered)}
+    assert len(hashes) == 1
+    assert next(iter(hashes)).startswith("sha256:")
+
+
+def test_hash_changes_with_any_privacy_relevant_change() -> None:
+    base = _evaluate(_spec()).policy_hash
+    assert _evaluate(_spec(epsilon=0.2)).policy_hash != base
+    assert _evaluate(_spec(minCohort=5)).policy_hash != base
+
+
+def test_unparsable_spec_is_reported_not_raised() -> None:
+    status, reason, message = _ready({"budgetRef": {"name": "census"}})
+    assert (status, reason) == ("False", "InvalidSpec")
+    assert "spec.upstream" in message
