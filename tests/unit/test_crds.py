@@ -60,9 +60,9 @@ def test_every_list_has_a_bound_so_cel_cost_is_estimable() -> None:
         found = []
         if node.get("type") == "array" and "maxItems" not in node:
             found.append(path)
-        if node.get("type") == "string" and "maxLength" not in node and "enum" not in node:
-            if path.startswith(".spec"):
-                found.append(path)
+        is_string = node.get("type") == "string" and "enum" not in node
+        if is_string and "maxLength" not in node and path.startswith(".spec"):
+            found.append(path)
         for name, child in node.get("properties", {}).items():
             found += unbounded(child, f"{path}.{name}")
         if "items" in node:

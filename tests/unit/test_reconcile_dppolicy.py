@@ -61,7 +61,9 @@ def test_policy_within_its_quota_is_ready() -> None:
 def test_missing_budget_is_reported_with_the_fix() -> None:
     status, reason, message = _ready(_spec(), budget=None)
     assert (status, reason) == ("False", "BudgetNotFound")
-    assert "census" in message and "namespace ns" in message and "spec.budgetRef.name" in message
+    assert "census" in message
+    assert "namespace ns" in message
+    assert "spec.budgetRef.name" in message
 
 
 def test_team_without_quota() -> None:

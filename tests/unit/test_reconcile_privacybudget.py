@@ -48,7 +48,8 @@ def test_quotas_one_ulp_above_the_total_are_refused_in_a_condition(
     status = privacybudget.evaluate(spec, generation=2, status={}, now=now)
     ready = _ready(status)
     assert (ready.status, ready.reason) == ("False", "QuotasExceedTotal")
-    assert "1.0000000001" in ready.message and "lower a quota" in ready.message
+    assert "1.0000000001" in ready.message
+    assert "lower a quota" in ready.message
     assert status.state == "Invalid"
 
 
@@ -63,16 +64,19 @@ def test_spent_amounts_are_carried_over_and_alerts_fire(now: datetime.datetime) 
     current = {"epsilon": {"total": "1", "spent": "0.85", "remaining": "0.15"}}
     status = privacybudget.evaluate(_spec(), generation=1, status=current, now=now)
     near = conditions.find(status.conditions, "NearExhaustion")
-    assert near is not None and near.status == "True"
+    assert near is not None
+    assert near.status == "True"
     assert status.state == "NearExhaustion"
-    assert status.epsilon is not None and status.epsilon.remaining == "0.15"
+    assert status.epsilon is not None
+    assert status.epsilon.remaining == "0.15"
 
 
 def test_exhausted_budget(now: datetime.datetime) -> None:
     current = {"epsilon": {"total": "1", "spent": "1", "remaining": "0"}}
     status = privacybudget.evaluate(_spec(), generation=1, status=current, now=now)
     exhausted = conditions.find(status.conditions, "Exhausted")
-    assert exhausted is not None and exhausted.status == "True"
+    assert exhausted is not None
+    assert exhausted.status == "True"
     assert status.state == "Exhausted"
 
 
@@ -80,7 +84,8 @@ def test_calendar_renewal_keeps_a_visible_warning(now: datetime.datetime) -> Non
     spec = _spec(renewal={"policy": "calendar", "period": "24h", "acknowledgeUnboundedLoss": True})
     status = privacybudget.evaluate(spec, generation=1, status={}, now=now)
     warning = conditions.find(status.conditions, "UnboundedLifetimeLoss")
-    assert warning is not None and warning.status == "True"
+    assert warning is not None
+    assert warning.status == "True"
     assert _ready(status).status == "True"
 
 

@@ -1,0 +1,94 @@
+# Hush — run `make help` for the targets. CI runs `make test` (via .ci/run) and nothing else.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON_BOOTSTRAP ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HUSH := $(BIN)/hush
+# The cluster `make test` and `make demo` use; `hush dev up` defaults to hush-dev.
+TEST_CLUSTER ?= hush-test
+DEMO_CLUSTER ?= hush-dev
+PYTEST_FLAGS ?=
+
+##@ General
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} \
+	  /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } \
+	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Development
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip==25.3
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## Create .venv with Hush and its dev tools (idempotent)
+
+.PHONY: controlplane
+controlplane: ## Build etcd, kube-*, kubectl, kwok and helm from the pinned Go modules (cached)
+	hack/controlplane/build.sh
+
+.PHONY: manifests
+manifests: venv ## Regenerate crds/ and the chart's CRDs from the API models
+	$(HUSH) manifests crds charts/hush/crds
+
+.PHONY: lint
+lint: venv ## ruff, ruff format --check, mypy --strict, import-linter
+	$(BIN)/ruff check operator tests e2e
+	$(BIN)/ruff format --check operator tests e2e
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+.PHONY: format
+format: venv ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix operator tests e2e
+	$(BIN)/ruff format operator tests e2e
+
+##@ Testing
+
+.PHONY: unit
+unit: venv ## Unit tests (pure code, no cluster)
+	$(BIN)/pytest tests $(PYTEST_FLAGS)
+
+.PHONY: e2e
+e2e: venv controlplane ## e2e tests on a fresh local control plane (torn down afterwards)
+	@status=0; \
+	kubeconfig="$$($(HUSH) dev up --name $(TEST_CLUSTER) | tail -n 1)"; \
+	HUSH_KUBECONFIG="$$kubeconfig" HUSH_CLUSTER_NAME=$(TEST_CLUSTER) \
+	  $(BIN)/pytest e2e $(PYTEST_FLAGS) || status=$$?; \
+	$(HUSH) dev down --name $(TEST_CLUSTER) || true; \
+	exit $$status
+
+.PHONY: e2e-kind
+e2e-kind: venv ## The same e2e suite against kind (needs Docker and kind; users' CI)
+	kind get clusters | grep -qx hush-e2e || kind create cluster --name hush-e2e --wait 120s
+	kind get kubeconfig --name hush-e2e > $(VENV)/kind-kubeconfig
+	HUSH_KUBECONFIG=$(CURDIR)/$(VENV)/kind-kubeconfig $(BIN)/pytest e2e $(PYTEST_FLAGS)
+
+.PHONY: test
+test: lint unit e2e ## Everything: lint, unit tests, e2e tests on the local control plane
+
+##@ Local cluster
+
+.PHONY: cluster-up
+cluster-up: venv controlplane ## Start the local control plane (prints the kubeconfig path last)
+	$(HUSH) dev up --name $(DEMO_CLUSTER)
+
+.PHONY: cluster-down
+cluster-down: venv ## Stop the local control plane and remove its state
+	$(HUSH) dev down --name $(DEMO_CLUSTER)
+
+.PHONY: cluster-status
+cluster-status: venv ## Show what runs in the local control plane
+	$(HUSH) dev status --name $(DEMO_CLUSTER)
+
+.PHONY: demo
+demo: venv controlplane ## Bring up the local cluster, install Hush, show it working
+	hack/demo.sh $(DEMO_CLUSTER)
