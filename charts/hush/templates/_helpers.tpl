@@ -1,0 +1,35 @@
+{{/* Full name of release objects: the release name, plus "-hush" unless it already says so. */}}
+{{- define "hush.fullname" -}}
+{{- if contains "hush" .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-hush" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "hush.labels" -}}
+app.kubernetes.io/name: hush
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "hush.selectorLabels" -}}
+app.kubernetes.io/name: hush
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "hush.serviceAccountName" -}}
+{{- default (include "hush.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{/* The image reference: by digest when one is given, else by tag. */}}
+{{- define "hush.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
