@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from kubernetes import client
@@ -112,13 +113,13 @@ def wait_for_condition(
 
 def table(api_client: client.ApiClient, namespace: str, kind: str) -> dict[str, Any]:
     """What `kubectl get` shows: the server-side Table with the CRD's printer columns."""
-    response = api_client.call_api(
-        f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURALS[kind]}",
+    method, url, headers, body, _ = api_client.param_serialize(
         "GET",
+        f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURALS[kind]}",
         header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
-        response_type="object",
         auth_settings=["BearerToken"],
-        _return_http_data_only=True,
     )
-    result: dict[str, Any] = response
+    response = api_client.call_api(method, url, header_params=headers, body=body)
+    response.read()
+    result: dict[str, Any] = json.loads(response.data)
     return result
