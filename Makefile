@@ -60,9 +60,7 @@ unit: venv ## Unit tests (pure code, no cluster)
 .PHONY: e2e
 e2e: venv controlplane ## e2e tests on a fresh local control plane (torn down afterwards)
 	@status=0; \
-	kubeconfig="$$($(HUSH) dev up --name $(TEST_CLUSTER) | tail -n 1)"; \
-	HUSH_KUBECONFIG="$$kubeconfig" HUSH_CLUSTER_NAME=$(TEST_CLUSTER) \
-	  $(BIN)/pytest e2e $(PYTEST_FLAGS) || status=$$?; \
+	HUSH_DEV_CLUSTER=$(TEST_CLUSTER) $(BIN)/pytest e2e $(PYTEST_FLAGS) || status=$$?; \
 	$(HUSH) dev down --name $(TEST_CLUSTER) || true; \
 	exit $$status
 

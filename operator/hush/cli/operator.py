@@ -6,8 +6,6 @@ import argparse
 import logging
 from typing import Any
 
-import kopf
-
 
 def register(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
@@ -35,6 +33,9 @@ def register(commands: Any) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
+    # Imported here, not at module level, so that other `hush` commands start fast.
+    import kopf
+
     # Importing the handlers registers them with kopf's default registry.
     from hush import handlers  # noqa: F401
 

@@ -1,0 +1,22 @@
+"""hush.dev.
+
+A real Kubernetes control plane on loopback for development and e2e tests, without Docker:
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok run as host processes
+built from source by ``hack/controlplane/build.sh`` (docs/local-control-plane.md says why).
+
+One module, one job:
+
+- ``layout``: where a cluster keeps its files (state dir, tmpfs etcd data, pid and log files).
+- ``ports``: free loopback ports.
+- ``pki``: the certificate authority, certificates and service-account keys.
+- ``kubeconfigs``: kubeconfig documents for the admin and each component.
+- ``binaries``: finding (and if needed building) the control plane binaries.
+- ``components``: the command line of each component (pure builders).
+- ``processes``: starting, checking and stopping daemonised processes.
+- ``health``: the HTTP probes that say a component is ready.
+- ``bootstrap``: the objects every dev cluster needs (Nodes, Hush CRDs), applied with kubectl.
+- ``cluster``: ``up``/``down``/``status``, composing the modules above.
+- ``errors``: the one exception the CLI turns into a message and exit code 1.
+
+Nothing here is used by the operator at runtime: this package only stands a cluster up.
+"""

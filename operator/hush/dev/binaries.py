@@ -1,0 +1,108 @@
+"""Finding the control plane binaries (and building them when they are missing).
+
+The binaries are built from pinned Go modules by ``hack/controlplane/build.sh`` into a cache
+outside the repository; the script prints the bin directory as its last line and returns in
+well under a second when the cache is warm. ``HUSH_CONTROLPLANE_BIN`` points at a prepared
+directory instead (CI caches, or binaries built elsewhere) and skips the script.
+
+The kwok Stage definitions (``kwok-stages.yaml``) sit next to the bin directory: kwok >= 0.8
+ships none and does nothing without them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+
+import hush
+from hush.dev import errors
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_BINARIES: Final = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kwok",
+    "helm",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Binaries:
+    """A directory holding every control plane binary."""
+
+    bin_dir: Path
+
+    def path(self, name: str) -> Path:
+        return self.bin_dir / name
+
+    @property
+    def kubectl(self) -> Path:
+        return self.path("kubectl")
+
+    @property
+    def kwok_stages(self) -> Path:
+        return self.bin_dir.parent / "kwok-stages.yaml"
+
+
+def repository_root() -> Path:
+    """The checkout that this ``hush`` package was imported from (an editable install)."""
+    return Path(hush.__file__).resolve().parents[2]
+
+
+def _build_script() -> Path:
+    return repository_root() / "hack" / "controlplane" / "build.sh"
+
+
+def _run_build_script() -> Path:
+    script = _build_script()
+    if not script.is_file():
+        raise errors.DevClusterError(
+            f"Cannot build the control plane: {script} does not exist. Run hush from a "
+            "checkout of the repository (pip install -e .) or set HUSH_CONTROLPLANE_BIN to a "
+            "directory holding " + ", ".join(REQUIRED_BINARIES)
+        )
+    logger.info("Started %s (a cold build takes 15-30 minutes)", script)
+    # stderr (inherited file descriptor 2) carries the build's progress to the user.
+    result = subprocess.run(
+        ["bash", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=None,
+        text=True,
+        check=False,
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise errors.DevClusterError(
+            f"Building the control plane failed (exit {result.returncode}); "
+            f"its output is above. Re-run `bash {script}` to retry"
+        )
+    return Path(lines[-1])
+
+
+def locate(environ: Mapping[str, str]) -> Binaries:
+    """The control plane binaries, built first if needed; raises if any is missing."""
+    configured = environ.get("HUSH_CONTROLPLANE_BIN")
+    binaries = Binaries(Path(configured).expanduser() if configured else _run_build_script())
+    missing = [
+        name
+        for name in REQUIRED_BINARIES
+        if not os.access(binaries.path(name), os.X_OK) or not binaries.path(name).is_file()
+    ]
+    if not binaries.kwok_stages.is_file():
+        missing.append(str(binaries.kwok_stages))
+    if missing:
+        source = "HUSH_CONTROLPLANE_BIN" if configured else str(_build_script())
+        raise errors.DevClusterError(
+            f"Missing from {binaries.bin_dir}: {', '.join(missing)} (the directory came from "
+            f"{source}). Rebuild with `bash {_build_script()}` or fix HUSH_CONTROLPLANE_BIN"
+        )
+    return Binaries(binaries.bin_dir.resolve())
