@@ -4,11 +4,7 @@ cross-object readiness, and bad specs reported in status rather than crashing th
 from __future__ import annotations
 
 import copy
-import os
-import socket
 import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,14 +15,7 @@ from kubernetes import client
 from tests import samples
 
 import hush_resources
-import waiting
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+import operator_process as operator_process_module
 
 
 @pytest.fixture(scope="module")
@@ -35,37 +24,8 @@ def operator_process(
 ) -> Iterator[subprocess.Popen[bytes]]:
     hush_resources.install_crds(api_client)
     log_path = tmp_path_factory.mktemp("operator") / "operator.log"
-    port = _free_port()
-    environment = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "hush", "operator", "--all-namespaces",
-             "--liveness", f"http://127.0.0.1:{port}/healthz"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-        )  # fmt: skip
-
-    def alive() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(
-                f"Operator exited with {process.returncode}:\n{log_path.read_text()[-4000:]}"
-            )
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
-                return bool(reply.status == 200)
-        except OSError:
-            return False
-
-    waiting.wait_for(alive, timeout=60, description="the operator's liveness endpoint")
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    print(f"Operator log ({log_path}):\n{log_path.read_text()[-6000:]}")
+    with operator_process_module.running_operator(kubeconfig, log_path) as process:
+        yield process
 
 
 @pytest.fixture

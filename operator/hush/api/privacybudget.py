@@ -20,6 +20,7 @@ from typing import Literal
 import pydantic
 
 from hush.api import common
+from hush.api import ledger as ledger_wire
 
 Accounting = Literal["pure", "zcdp", "rdp"]
 RenewalPolicy = Literal["none", "perDataBlock", "calendar"]
@@ -184,3 +185,7 @@ class PrivacyBudgetStatus(common.ResourceModel):
         default_factory=list, max_length=64, json_schema_extra=common.list_map("team")
     )
     team_count: int = pydantic.Field(default=0, ge=0, description="Number of team quotas.")
+    ledger: ledger_wire.Ledger | None = pydantic.Field(
+        default=None,
+        description="Hash-chained record of every charge; only the operator writes it.",
+    )

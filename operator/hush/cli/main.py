@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from hush.cli import dev as dev_commands
+from hush.cli import ledger as ledger_commands
 from hush.cli import manifests as manifests_commands
 from hush.cli import operator as operator_commands
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev_commands.register(commands)
     operator_commands.register(commands)
     manifests_commands.register(commands)
+    ledger_commands.register(commands)
     return parser
 
 

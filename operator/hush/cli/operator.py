@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 
@@ -28,6 +29,20 @@ def register(commands: Any) -> None:
         metavar="URL",
         help="Serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
     )
+    parser.add_argument(
+        "--accountant-port",
+        type=int,
+        default=None,
+        help="Serve the accountant (HTTPS) on this port; sidecars charge budgets there.",
+    )
+    parser.add_argument("--accountant-host", default="0.0.0.0", help="Address to listen on.")  # noqa: S104
+    parser.add_argument("--accountant-tls-cert", type=Path, default=None, metavar="PEM")
+    parser.add_argument("--accountant-tls-key", type=Path, default=None, metavar="PEM")
+    parser.add_argument(
+        "--accountant-audience",
+        default="hush-accountant",
+        help="Audience that sidecars' projected ServiceAccount tokens must be bound to.",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="Log at debug level.")
     parser.set_defaults(handler=run)
 
@@ -38,6 +53,17 @@ def run(arguments: argparse.Namespace) -> int:
 
     # Importing the handlers registers them with kopf's default registry.
     from hush import handlers  # noqa: F401
+    from hush.accountant import service
+
+    service.configure(
+        service.Options(
+            port=arguments.accountant_port,
+            host=arguments.accountant_host,
+            tls_cert=arguments.accountant_tls_cert,
+            tls_key=arguments.accountant_tls_key,
+            audience=arguments.accountant_audience,
+        )
+    )
 
     logging.basicConfig(
         level=logging.DEBUG if arguments.verbose else logging.INFO,

@@ -1,13 +1,18 @@
-"""kopf handlers for ``PrivacyBudget``: keep its status true to its spec."""
+"""kopf handlers for ``PrivacyBudget``: keep its status true to its spec and ledger.
+
+The status is never patched from here: every status write, from a spec change or from a
+charge, goes through the budget's writer in ``hush.accountant`` (one queue, one
+compare-and-swap), so that a reconciliation can never overwrite a charge.
+"""
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 import kopf
 
-from hush.handlers import resources, status_patch
+from hush.accountant import service
+from hush.handlers import resources
 from hush.reconcile import privacybudget as reconcile
 
 
@@ -22,21 +27,17 @@ def privacybudget_by_name(
 @kopf.on.resume(*resources.PRIVACY_BUDGETS, id="privacybudget_reconcile")
 @kopf.on.create(*resources.PRIVACY_BUDGETS, id="privacybudget_reconcile")
 @kopf.on.update(*resources.PRIVACY_BUDGETS, id="privacybudget_reconcile")
-def privacybudget_reconcile(
-    spec: kopf.Spec,
-    meta: kopf.Meta,
-    status: kopf.Status,
-    patch: kopf.Patch,
-    logger: kopf.Logger,
-    **_: Any,
+async def privacybudget_reconcile(
+    namespace: str | None, name: str, logger: kopf.Logger, **_: Any
 ) -> None:
-    desired = reconcile.evaluate(
-        spec,
-        generation=int(meta.get("generation", 0)),
-        status=status,
-        now=datetime.datetime.now(datetime.UTC),
-    )
-    if status_patch.apply_status(patch, status, desired):
-        ready = next((c for c in desired.conditions if c.type == reconcile.READY), None)
-        if ready is not None:
-            logger.info(f"Reconciled PrivacyBudget: Ready={ready.status} ({ready.reason})")
+    writer = service.current().writers.writer(namespace or "", name)
+    try:
+        await writer.refresh()
+    except Exception as error:
+        raise kopf.TemporaryError(f"Could not write the status: {error}", delay=5) from error
+    logger.info("Reconciled PrivacyBudget")
+
+
+@kopf.on.delete(*resources.PRIVACY_BUDGETS, id="privacybudget_forget", optional=True)
+async def privacybudget_forget(namespace: str | None, name: str, **_: Any) -> None:
+    await service.current().writers.forget(namespace or "", name)

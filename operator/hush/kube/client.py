@@ -48,3 +48,67 @@ def patch_custom_status(
         if error.status == 404:
             raise ObjectGoneError(f"{plural}/{name} in {namespace} no longer exists") from error
         raise
+
+
+class ConflictError(Exception):
+    """A compare-and-swap write lost: the object changed since it was read."""
+
+
+def read_custom(
+    *, group: str, version: str, plural: str, namespace: str, name: str
+) -> dict[str, Any] | None:
+    """One namespaced custom object as a dict, or None when it does not exist."""
+    api = kubernetes.client.CustomObjectsApi(api_client())
+    try:
+        found: dict[str, Any] = api.get_namespaced_custom_object(
+            group, version, namespace, plural, name
+        )
+    except exceptions.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return found
+
+
+def replace_custom_status(
+    *, group: str, version: str, plural: str, namespace: str, name: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """PUT the status subresource; ``body.metadata.resourceVersion`` makes it a CAS write."""
+    api = kubernetes.client.CustomObjectsApi(api_client())
+    try:
+        written: dict[str, Any] = api.replace_namespaced_custom_object_status(
+            group, version, namespace, plural, name, body
+        )
+    except exceptions.ApiException as error:
+        if error.status == 409:
+            raise ConflictError(f"{plural}/{name} in {namespace} changed") from error
+        if error.status == 404:
+            raise ObjectGoneError(f"{plural}/{name} in {namespace} no longer exists") from error
+        raise
+    return written
+
+
+def review_token(token: str, audiences: list[str]) -> dict[str, Any]:
+    """The TokenReview status for ``token`` (authenticated, user, audiences, error)."""
+    api = kubernetes.client.AuthenticationV1Api(api_client())
+    review = api.create_token_review(
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": audiences},
+        }
+    )
+    status: dict[str, Any] = api_client().sanitize_for_serialization(review.status) or {}
+    return status
+
+
+def read_pod(namespace: str, name: str) -> dict[str, Any] | None:
+    api = kubernetes.client.CoreV1Api(api_client())
+    try:
+        pod = api.read_namespaced_pod(name, namespace)
+    except exceptions.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    found: dict[str, Any] = api_client().sanitize_for_serialization(pod)
+    return found

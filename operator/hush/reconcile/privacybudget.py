@@ -20,7 +20,8 @@ from typing import Any
 import pydantic
 
 from hush.api import common, privacybudget
-from hush.privacy import amounts
+from hush.api import ledger as ledger_wire
+from hush.privacy import accounting, amounts
 from hush.reconcile import conditions as conditions_module
 
 READY = "Ready"
@@ -98,16 +99,6 @@ def summarise(spec: Mapping[str, Any]) -> BudgetSummary:
     )
 
 
-def _spent(status: Mapping[str, Any], key: str) -> decimal.Decimal:
-    section = status.get(key)
-    if isinstance(section, Mapping):
-        try:
-            return amounts.exact(str(section.get("spent", "0")))
-        except (decimal.InvalidOperation, ValueError):
-            return decimal.Decimal(0)
-    return decimal.Decimal(0)
-
-
 def _spend(total: decimal.Decimal, spent: decimal.Decimal) -> privacybudget.Spend:
     remaining = max(total - spent, decimal.Decimal(0))
     return privacybudget.Spend(
@@ -117,14 +108,12 @@ def _spend(total: decimal.Decimal, spent: decimal.Decimal) -> privacybudget.Spen
     )
 
 
-def _team_spent(status: Mapping[str, Any]) -> dict[str, tuple[decimal.Decimal, decimal.Decimal]]:
-    spent: dict[str, tuple[decimal.Decimal, decimal.Decimal]] = {}
-    teams = status.get("teams")
-    if isinstance(teams, list):
-        for entry in teams:
-            if isinstance(entry, Mapping) and isinstance(entry.get("team"), str):
-                spent[entry["team"]] = (_spent(entry, "epsilon"), _spent(entry, "delta"))
-    return spent
+def _team_delta(
+    spec: privacybudget.PrivacyBudgetSpec, quota: privacybudget.TeamQuota
+) -> decimal.Decimal:
+    if spec.accounting != "pure" and quota.delta == 0:
+        return amounts.exact(spec.delta)
+    return amounts.exact(quota.delta)
 
 
 def evaluate(
@@ -132,9 +121,17 @@ def evaluate(
     *,
     generation: int,
     status: Mapping[str, Any],
+    ledger: ledger_wire.Ledger | None = None,
     now: datetime.datetime,
 ) -> privacybudget.PrivacyBudgetStatus:
-    """The status ``PrivacyBudget`` should have, given its spec and current status."""
+    """The status ``PrivacyBudget`` should have, given its spec, status and ledger.
+
+    ``ledger`` is the ledger to publish (the accountant passes the one it just updated);
+    when omitted, the one in ``status`` is kept as it is.
+    """
+    if ledger is None:
+        raw_ledger = status.get("ledger")
+        ledger = ledger_wire.Ledger.model_validate(raw_ledger) if raw_ledger else None
     current = conditions_module.parse(status.get("conditions"))
 
     def condition(
@@ -162,6 +159,7 @@ def evaluate(
             observed_generation=generation,
             conditions=condition(current, READY, "False", "InvalidSpec", message),
             state="Invalid",
+            ledger=ledger,
         )
 
     problems = spec_problems(parsed)
@@ -179,13 +177,15 @@ def evaluate(
         )
         state = "Ready"
 
+    accountant = accounting.accountant(parsed.accounting)
     total_epsilon = amounts.exact(parsed.epsilon)
     total_delta = amounts.exact(parsed.delta)
-    spent_epsilon = _spent(status, "epsilon")
-    spent_delta = _spent(status, "delta")
+    spent_units = accountant.from_json(list(ledger.spent)) if ledger else accountant.zero()
+    spent_epsilon = accountant.epsilon_spent(spent_units, total_delta)
     fraction = spent_epsilon / total_epsilon
     crossed = [alert for alert in sorted(parsed.alerts) if fraction >= amounts.exact(alert)]
-    exhausted = spent_epsilon >= total_epsilon or (total_delta > 0 and spent_delta >= total_delta)
+    exhausted = not accountant.fits(spent_units, accountant.capacity(total_epsilon, total_delta))
+    exhausted = exhausted or spent_epsilon >= total_epsilon
 
     if exhausted:
         updated = condition(
@@ -225,26 +225,27 @@ def evaluate(
         elif crossed:
             state = "NearExhaustion"
 
-    team_spent = _team_spent(status)
-    teams = [
-        privacybudget.TeamSpend(
-            team=quota.team,
-            epsilon=_spend(
-                amounts.exact(quota.epsilon),
-                team_spent.get(quota.team, (decimal.Decimal(0),) * 2)[0],
-            ),
-            delta=_spend(
-                amounts.exact(quota.delta), team_spent.get(quota.team, (decimal.Decimal(0),) * 2)[1]
-            ),
+    team_units = {team.team: list(team.spent) for team in ledger.teams} if ledger else {}
+    teams = []
+    for quota in parsed.quotas:
+        units = accountant.from_json(team_units.get(quota.team, []))
+        team_spent = accountant.epsilon_spent(units, _team_delta(parsed, quota))
+        teams.append(
+            privacybudget.TeamSpend(
+                team=quota.team,
+                epsilon=_spend(amounts.exact(quota.epsilon), team_spent),
+                delta=privacybudget.Spend(
+                    total=amounts.display(amounts.exact(quota.delta)), spent="", remaining=""
+                ),
+            )
         )
-        for quota in parsed.quotas
-    ]
     return privacybudget.PrivacyBudgetStatus(
         observed_generation=generation,
         conditions=updated,
         state=state,
         epsilon=_spend(total_epsilon, spent_epsilon),
-        delta=_spend(total_delta, spent_delta),
+        delta=privacybudget.Spend(total=amounts.display(total_delta), spent="", remaining=""),
         teams=teams,
         team_count=len(teams),
+        ledger=ledger,
     )

@@ -1,0 +1,110 @@
+"""Run ``hush operator`` as a host process for e2e tests (pods do not really run here)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+import waiting
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def write_self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A serving certificate for 127.0.0.1 (it is its own CA); returns (cert, key) paths."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hush-accountant")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@contextlib.contextmanager
+def running_operator(
+    kubeconfig: Path, log_path: Path, *extra_arguments: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start the operator, wait for its liveness endpoint, stop it (and print its log)."""
+    port = free_port()
+    environment = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hush", "operator", "--all-namespaces",
+             "--liveness", f"http://127.0.0.1:{port}/healthz", *extra_arguments],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+        )  # fmt: skip
+
+    def alive() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"Operator exited with {process.returncode}:\n{log_path.read_text()[-4000:]}"
+            )
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
+                return bool(reply.status == 200)
+        except OSError:
+            return False
+
+    try:
+        waiting.wait_for(alive, timeout=60, description="the operator's liveness endpoint")
+        yield process
+    finally:
+        stop(process)
+        print(f"Operator log ({log_path}):\n{log_path.read_text()[-6000:]}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def client_ssl_context(cert_path: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(cert_path))

@@ -1,0 +1,138 @@
+"""Who is calling, and may they charge this? Pure decisions over API objects.
+
+A sidecar authenticates with its pod's projected ServiceAccount token, bound to the pod
+and to the accountant's audience. The TokenReview answer names the ServiceAccount and, for
+pod-bound tokens, the pod (``authentication.kubernetes.io/pod-name`` / ``pod-uid`` extras).
+The caller may charge only:
+- under the policy that its pod's ``hush.dev/policy`` annotation names,
+- in the pod's own namespace (policies and budgets are namespaced),
+- the budget and team that policy's ``budgetRef`` names,
+- a route of that policy, with exactly that route's mechanism, epsilon and delta.
+A token without a bound pod, for another audience, of a deleted pod or of a pod recreated
+under the same name (uid mismatch) is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from hush.accountant import protocol
+from hush.privacy import amounts
+
+POLICY_ANNOTATION = "hush.dev/policy"
+SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Caller:
+    namespace: str
+    service_account: str
+    pod: str
+    pod_uid: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Grant:
+    """What an authorised caller may charge."""
+
+    namespace: str
+    pod: str
+    policy: str
+    budget: str
+    team: str
+
+
+class DeniedError(Exception):
+    """The caller may not do this; the message says why (it is sent back)."""
+
+    def __init__(self, message: str, *, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def caller_from_review(review: Mapping[str, Any]) -> Caller:
+    """The calling pod from a TokenReview status, or ``DeniedError``."""
+    if not review.get("authenticated"):
+        raise DeniedError(
+            "Token not accepted: " + str(review.get("error") or "unauthenticated"), status=401
+        )
+    user = review.get("user") or {}
+    username = str(user.get("username", ""))
+    if not username.startswith(SERVICE_ACCOUNT_PREFIX):
+        raise DeniedError(f"{username} is not a ServiceAccount")
+    namespace, _, service_account = username.removeprefix(SERVICE_ACCOUNT_PREFIX).partition(":")
+    extra = user.get("extra") or {}
+    pod_names = extra.get("authentication.kubernetes.io/pod-name") or []
+    pod_uids = extra.get("authentication.kubernetes.io/pod-uid") or []
+    if not pod_names or not pod_uids:
+        raise DeniedError(
+            "The token is not bound to a pod: use the pod's projected ServiceAccount token"
+        )
+    return Caller(
+        namespace=namespace,
+        service_account=service_account,
+        pod=str(pod_names[0]),
+        pod_uid=str(pod_uids[0]),
+    )
+
+
+def policy_of_pod(caller: Caller, pod: Mapping[str, Any] | None) -> str:
+    """The policy the caller's pod runs under, checking the pod is the token's pod."""
+    if pod is None:
+        raise DeniedError(f"Pod {caller.namespace}/{caller.pod} no longer exists")
+    metadata = pod.get("metadata") or {}
+    if metadata.get("uid") != caller.pod_uid:
+        raise DeniedError(f"Pod {caller.namespace}/{caller.pod} was recreated: token is stale")
+    policy = (metadata.get("annotations") or {}).get(POLICY_ANNOTATION)
+    if not policy:
+        raise DeniedError(
+            f"Pod {caller.namespace}/{caller.pod} has no {POLICY_ANNOTATION} annotation"
+        )
+    return str(policy)
+
+
+def authorise_policy(caller: Caller, pod_policy: str, requested_policy: str) -> None:
+    if requested_policy != pod_policy:
+        raise DeniedError(
+            f"Pod {caller.namespace}/{caller.pod} runs under policy {pod_policy}, "
+            f"not {requested_policy}"
+        )
+
+
+def grant_for(caller: Caller, policy_name: str, policy: Mapping[str, Any] | None) -> Grant:
+    """The budget and team the caller may charge, from its policy's ``budgetRef``."""
+    if policy is None:
+        raise DeniedError(f"DPPolicy {caller.namespace}/{policy_name} does not exist", status=404)
+    reference = (policy.get("spec") or {}).get("budgetRef") or {}
+    budget, team = reference.get("name"), reference.get("team")
+    if not budget or not team:
+        raise DeniedError(f"DPPolicy {policy_name} has no budgetRef", status=409)
+    return Grant(
+        namespace=caller.namespace,
+        pod=caller.pod,
+        policy=policy_name,
+        budget=str(budget),
+        team=str(team),
+    )
+
+
+def check_route(policy: Mapping[str, Any], request: protocol.SpendRequest) -> None:
+    """The release must be one the policy declares, at exactly the declared cost."""
+    routes = (policy.get("spec") or {}).get("routes") or []
+    route = next((item for item in routes if item.get("path") == request.route), None)
+    if route is None:
+        raise DeniedError(f"Policy {request.policy} has no route {request.route}")
+    declared_epsilon = amounts.exact(route.get("epsilon", 0))
+    declared_delta = amounts.exact(route.get("delta", 0))
+    if route.get("mechanism") != request.mechanism:
+        raise DeniedError(
+            f"Route {request.route} uses {route.get('mechanism')}, not {request.mechanism}"
+        )
+    if request.epsilon != declared_epsilon or request.delta != declared_delta:
+        raise DeniedError(
+            f"Route {request.route} releases at epsilon {amounts.display(declared_epsilon)}, "
+            f"delta {amounts.display(declared_delta)}; the request declared "
+            f"{amounts.display(request.epsilon)}, {amounts.display(request.delta)}"
+        )

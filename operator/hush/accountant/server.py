@@ -1,0 +1,244 @@
+"""The accountant's HTTPS endpoint (aiohttp): authenticate, authorise, queue, answer.
+
+Routes (JSON bodies, see ``protocol``):
+- ``POST /v1/reserve``  reserve the cost of one release (counts as spent until released)
+- ``POST /v1/commit``   the release happened; the cost stays spent
+- ``POST /v1/release``  the answer was never released; refund the reservation
+- ``POST /v1/charge``   reserve and commit in one step
+- ``GET /healthz``, ``GET /readyz``
+
+Status codes: 200 done; 400 malformed request; 401 bad token; 403 not allowed for this
+caller; 404 unknown policy or budget; 409 reservation in another state; 429 budget
+exhausted; 503 budget unavailable (retry). Every refusal has a JSON body whose ``message``
+says what is wrong. The caller's token is never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+import pydantic
+from aiohttp import web
+
+from hush.accountant import authorization, protocol, writer
+from hush.api import ledger as wire
+from hush.ledger import book
+from hush.privacy import accounting, amounts
+
+logger = logging.getLogger(__name__)
+
+AUDIENCE = "hush-accountant"
+IDENTITY_CACHE_SECONDS = 30.0
+
+
+class Cluster(Protocol):
+    """The reads the accountant needs for authorisation (``hush.kube`` in production)."""
+
+    async def review_token(self, token: str, audiences: list[str]) -> Mapping[str, Any]: ...
+
+    async def read_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+    async def read_policy(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+
+_OUTCOME_STATUS = {
+    "granted": 200,
+    "committed": 200,
+    "released": 200,
+    "duplicate": 200,
+    "exhausted": 429,
+    "no-quota": 403,
+    "wrong-team": 403,
+    "unknown-request": 404,
+    "already-committed": 409,
+    "already-released": 409,
+    "too-many-reservations": 503,
+}
+
+
+def _answer(status: int, answer: protocol.Answer) -> web.Response:
+    return web.json_response(
+        answer.model_dump(mode="json", by_alias=True, exclude_none=True), status=status
+    )
+
+
+def _refusal(status: int, outcome: str, message: str) -> web.Response:
+    return _answer(status, protocol.Answer(outcome=outcome, message=message))
+
+
+class Accountant:
+    """Request handling; identity and policy lookups cached briefly, charges never."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        writers: writer.WriterRegistry,
+        *,
+        audience: str = AUDIENCE,
+        clock: Callable[[], float] = time.monotonic,
+        is_leader: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._cluster = cluster
+        self._writers = writers
+        self._audience = audience
+        self._clock = clock
+        self._is_leader = is_leader
+        self._identities: dict[str, tuple[float, authorization.Caller, str]] = {}
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024)
+        app.add_routes(
+            [
+                web.post("/v1/reserve", self._spend_handler("reserve")),
+                web.post("/v1/charge", self._spend_handler("charge")),
+                web.post("/v1/commit", self._close_handler("commit")),
+                web.post("/v1/release", self._close_handler("release")),
+                web.get("/healthz", self._healthz),
+                web.get("/readyz", self._readyz),
+            ]
+        )
+        return app
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        if not self._is_leader():
+            return web.json_response({"status": "standby"}, status=503)
+        return web.json_response({"status": "ready"})
+
+    async def _caller(self, request: web.Request) -> tuple[authorization.Caller, str]:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            raise authorization.DeniedError("Missing bearer token", status=401)
+        token = header.removeprefix("Bearer ").strip()
+        key = hashlib.sha256(token.encode()).hexdigest()
+        cached = self._identities.get(key)
+        now = self._clock()
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        review = await self._cluster.review_token(token, [self._audience])
+        caller = authorization.caller_from_review(review)
+        pod_policy = authorization.policy_of_pod(
+            caller, await self._cluster.read_pod(caller.namespace, caller.pod)
+        )
+        if len(self._identities) > 4096:
+            self._identities.clear()
+        self._identities[key] = (now + IDENTITY_CACHE_SECONDS, caller, pod_policy)
+        return caller, pod_policy
+
+    async def _grant(
+        self, request: web.Request, policy_name: str
+    ) -> tuple[authorization.Grant, Mapping[str, Any]]:
+        caller, pod_policy = await self._caller(request)
+        authorization.authorise_policy(caller, pod_policy, policy_name)
+        policy = await self._cluster.read_policy(caller.namespace, policy_name)
+        return authorization.grant_for(caller, policy_name, policy), policy or {}
+
+    def _spend_handler(self, action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            if not self._is_leader():
+                return _refusal(503, "standby", "This replica is not the active accountant")
+            try:
+                body = protocol.SpendRequest.model_validate(await _json(request))
+                grant, policy = await self._grant(request, body.policy)
+                authorization.check_route(policy, body)
+            except _BadRequestError as error:
+                return _refusal(400, "bad-request", str(error))
+            except pydantic.ValidationError as error:
+                return _refusal(400, "bad-request", _describe(error))
+            except authorization.DeniedError as error:
+                return _refusal(error.status, "denied", str(error))
+            charge = book.ChargeRequest(
+                request_id=body.request_id,
+                consumer=wire.Consumer(
+                    namespace=grant.namespace, pod=grant.pod, policy=grant.policy, team=grant.team
+                ),
+                release=accounting.Release(
+                    mechanism=body.mechanism,
+                    epsilon=body.epsilon,
+                    delta=body.delta,
+                    sensitivity=body.sensitivity,
+                    scale=body.scale,
+                ),
+            )
+
+            def operation(working: book.Book, now: Any) -> book.Outcome:
+                if action == "reserve":
+                    return working.reserve(charge, now)
+                return working.charge(charge, now)
+
+            return await self._submit(grant, operation)
+
+        return handle
+
+    def _close_handler(self, action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            if not self._is_leader():
+                return _refusal(503, "standby", "This replica is not the active accountant")
+            try:
+                body = protocol.CloseRequest.model_validate(await _json(request))
+                grant, _ = await self._grant(request, body.policy)
+            except _BadRequestError as error:
+                return _refusal(400, "bad-request", str(error))
+            except pydantic.ValidationError as error:
+                return _refusal(400, "bad-request", _describe(error))
+            except authorization.DeniedError as error:
+                return _refusal(error.status, "denied", str(error))
+
+            def operation(working: book.Book, now: Any) -> book.Outcome:
+                if action == "commit":
+                    return working.commit(body.request_id, grant.team, now)
+                return working.release(body.request_id, grant.team, now)
+
+            return await self._submit(grant, operation)
+
+        return handle
+
+    async def _submit(
+        self, grant: authorization.Grant, operation: writer.Operation
+    ) -> web.Response:
+        budget_writer = self._writers.writer(grant.namespace, grant.budget)
+        try:
+            outcome = await budget_writer.submit(operation)
+        except writer.BudgetUnavailableError as error:
+            return _refusal(error.status, "unavailable", str(error))
+        except asyncio.CancelledError:
+            raise
+        remaining = outcome.team_epsilon_remaining
+        return _answer(
+            _OUTCOME_STATUS[outcome.code],
+            protocol.Answer(
+                outcome=outcome.code,
+                message=outcome.message,
+                sequence=outcome.sequence,
+                budget=grant.budget,
+                team=grant.team,
+                epsilon_remaining=amounts.display(remaining) if remaining is not None else None,
+                over_budget=outcome.over_budget,
+            ),
+        )
+
+
+class _BadRequestError(Exception):
+    pass
+
+
+async def _json(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise _BadRequestError("The body is not JSON") from error
+
+
+def _describe(error: pydantic.ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
+        for problem in error.errors()
+    )

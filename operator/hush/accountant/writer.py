@@ -1,0 +1,298 @@
+"""Group commit: one writer per budget turns a burst of charges into few status writes.
+
+Every operation (reserve, commit, release, or a plain status refresh) is queued with a
+future. The writer takes everything queued, reads the budget (or reuses the object it last
+wrote), applies the operations to a ``Book`` in order, computes the whole status, and
+writes it with ``PUT .../status`` carrying the resourceVersion it read: a compare-and-swap.
+Only when that write succeeded are the futures resolved, so no caller ever acts on a charge
+that is not durable (invariant 1: charge before release). If the write loses a race (409,
+e.g. another replica or kopf's annotation write got there first), the writer re-reads and
+replays the same operations against the newer ledger; decisions may change (a charge that
+fitted may no longer fit), which is exactly what keeps the total under the cap (invariant
+2) with any number of writers.
+
+Batch size is bounded so that one write stays small and fast; see docs/benchmarks.md for
+what batching buys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+import pydantic
+
+from hush.api import common, privacybudget
+from hush.api import ledger as wire
+from hush.kube import client
+from hush.ledger import book, limits
+from hush.reconcile import privacybudget as budget_status
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 512
+MAX_CONFLICT_RETRIES = 20
+
+Operation = Callable[[book.Book, datetime.datetime], book.Outcome]
+
+
+class BudgetStore(Protocol):
+    """The two API calls the writer needs (``hush.kube`` in production)."""
+
+    async def read(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def write_status(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class KubeBudgetStore:
+    """``BudgetStore`` over the real API (blocking client calls run in a thread)."""
+
+    async def read(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(
+            client.read_custom,
+            group=common.API_GROUP,
+            version=common.API_VERSION,
+            plural="privacybudgets",
+            namespace=namespace,
+            name=name,
+        )
+
+    async def write_status(self, body: dict[str, Any]) -> dict[str, Any]:
+        metadata = body["metadata"]
+        return await asyncio.to_thread(
+            client.replace_custom_status,
+            group=common.API_GROUP,
+            version=common.API_VERSION,
+            plural="privacybudgets",
+            namespace=metadata["namespace"],
+            name=metadata["name"],
+            body=body,
+        )
+
+
+class BudgetUnavailableError(Exception):
+    """The budget cannot take charges now (missing, invalid, or writes keep failing)."""
+
+    def __init__(self, message: str, *, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass
+class _Pending:
+    operation: Operation | None  # None: only refresh the status
+    future: asyncio.Future[book.Outcome | None]
+
+
+def parse_ledger(status: Mapping[str, Any]) -> wire.Ledger:
+    raw = status.get("ledger")
+    if not raw:
+        return wire.Ledger()
+    return wire.Ledger.model_validate(raw)
+
+
+class BudgetWriter:
+    """The single in-process writer of one PrivacyBudget's status."""
+
+    def __init__(
+        self,
+        store: BudgetStore,
+        namespace: str,
+        name: str,
+        *,
+        clock: Callable[[], datetime.datetime],
+        on_written: Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> None:
+        self._store = store
+        self._namespace = namespace
+        self._name = name
+        self._clock = clock
+        self._on_written = on_written
+        self._queue: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._cached: dict[str, Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.writes = 0
+        self.conflicts = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(
+                self._run(), name=f"budget-writer {self._namespace}/{self._name}"
+            )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(BudgetUnavailableError("The operator is stopping"))
+        self._queue.clear()
+
+    async def submit(self, operation: Operation) -> book.Outcome:
+        """Apply ``operation`` in the next group commit; return once it is durable."""
+        outcome = await self._enqueue(operation)
+        if outcome is None:  # pragma: no cover - only refreshes resolve to None
+            raise BudgetUnavailableError("No outcome")
+        return outcome
+
+    async def refresh(self) -> None:
+        """Recompute and write the status (after a spec change), through the same queue."""
+        self._cached = None
+        await self._enqueue(None)
+
+    async def _enqueue(self, operation: Operation | None) -> book.Outcome | None:
+        self.start()
+        future: asyncio.Future[book.Outcome | None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(operation, future))
+        self._wakeup.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                try:
+                    outcomes = await self._commit(batch)
+                except Exception as error:  # noqa: BLE001 - every waiter must get an answer
+                    failure = (
+                        error
+                        if isinstance(error, BudgetUnavailableError)
+                        else BudgetUnavailableError(f"Could not record the charge: {error}")
+                    )
+                    if not isinstance(error, BudgetUnavailableError):
+                        logger.exception("Failed to write PrivacyBudget %s", self._name)
+                    for pending in batch:
+                        if not pending.future.done():
+                            pending.future.set_exception(failure)
+                    continue
+                for pending, outcome in zip(batch, outcomes, strict=True):
+                    if not pending.future.done():
+                        pending.future.set_result(outcome)
+
+    async def _commit(self, batch: list[_Pending]) -> list[book.Outcome | None]:
+        for _ in range(MAX_CONFLICT_RETRIES):
+            current = self._cached or await self._store.read(self._namespace, self._name)
+            if current is None:
+                raise BudgetUnavailableError(
+                    f"PrivacyBudget {self._namespace}/{self._name} does not exist", status=404
+                )
+            body, outcomes = self._apply(current, batch)
+            if all(pending.operation is None for pending in batch) and body["status"] == (
+                current.get("status") or {}
+            ):
+                self._cached = current
+                return outcomes  # a refresh that changes nothing is not written
+            try:
+                written = await self._store.write_status(body)
+            except client.ConflictError:
+                self.conflicts += 1
+                self._cached = None
+                continue
+            except client.ObjectGoneError as error:
+                self._cached = None
+                raise BudgetUnavailableError(str(error), status=404) from error
+            self.writes += 1
+            self._cached = written
+            if self._on_written is not None:
+                await self._on_written(current, written)
+            return outcomes
+        raise BudgetUnavailableError(
+            f"PrivacyBudget {self._name} kept changing under {MAX_CONFLICT_RETRIES} writes"
+        )
+
+    def _apply(
+        self, current: dict[str, Any], batch: list[_Pending]
+    ) -> tuple[dict[str, Any], list[book.Outcome | None]]:
+        now = self._clock()
+        status = dict(current.get("status") or {})
+        generation = int(current["metadata"].get("generation", 0))
+        try:
+            spec = privacybudget.PrivacyBudgetSpec.model_validate(current.get("spec") or {})
+            ledger = parse_ledger(status)
+        except pydantic.ValidationError as error:
+            raise BudgetUnavailableError(
+                f"PrivacyBudget {self._name} cannot be read: {error.error_count()} problem(s)",
+                status=409,
+            ) from error
+        accepted = not budget_status.spec_problems(spec)
+        mode_changed = ledger.sequence > 0 and ledger.accounting not in ("", spec.accounting)
+        working = book.Book(ledger, limits.limits_for(spec))
+        outcomes: list[book.Outcome | None] = []
+        for pending in batch:
+            if pending.operation is None:
+                outcomes.append(None)
+            elif not accepted or mode_changed:
+                outcomes.append(
+                    book.Outcome(
+                        code="exhausted",
+                        ok=False,
+                        message=f"PrivacyBudget {self._name} is not Ready: no charges accepted",
+                    )
+                )
+            else:
+                outcomes.append(pending.operation(working, now))
+        new_status = budget_status.evaluate(
+            current.get("spec") or {},
+            generation=generation,
+            status=status,
+            ledger=working.snapshot(),
+            now=now,
+        )
+        body = {
+            "apiVersion": current["apiVersion"],
+            "kind": current["kind"],
+            "metadata": {
+                "name": current["metadata"]["name"],
+                "namespace": current["metadata"]["namespace"],
+                "resourceVersion": current["metadata"]["resourceVersion"],
+            },
+            "spec": current.get("spec") or {},
+            "status": new_status.model_dump(mode="json", by_alias=True, exclude_none=True),
+        }
+        return body, outcomes
+
+
+class WriterRegistry:
+    """One writer per budget, created on first use."""
+
+    def __init__(
+        self,
+        store: BudgetStore,
+        *,
+        clock: Callable[[], datetime.datetime],
+        on_written: Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._on_written = on_written
+        self._writers: dict[tuple[str, str], BudgetWriter] = {}
+
+    def writer(self, namespace: str, name: str) -> BudgetWriter:
+        key = (namespace, name)
+        if key not in self._writers:
+            self._writers[key] = BudgetWriter(
+                self._store, namespace, name, clock=self._clock, on_written=self._on_written
+            )
+        return self._writers[key]
+
+    async def forget(self, namespace: str, name: str) -> None:
+        writer = self._writers.pop((namespace, name), None)
+        if writer is not None:
+            await writer.stop()
+
+    async def stop(self) -> None:
+        for writer in list(self._writers.values()):
+            await writer.stop()
+        self._writers.clear()

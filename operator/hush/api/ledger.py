@@ -1,0 +1,137 @@
+"""Wire shape of the privacy ledger kept in ``PrivacyBudget.status.ledger``.
+
+The ledger is append-only and hash-chained: every reservation, commit and release is an
+entry whose hash covers the previous entry's hash and its own content, so an edit, a
+dropped entry or a reordering is detected by ``hush ledger verify``. Status must stay small
+(tens of KiB) forever, so old entries are folded into one cumulative checkpoint that keeps
+per-consumer totals, the count, the first/last sequence and the head hash at the fold.
+
+Costs are integer units of the budget's accounting mode (see ``hush.privacy.accounting``):
+sums of integers cannot round past a cap the way float sums can.
+
+This module owns the shape only; ``hush.ledger`` owns the transitions and the checks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pydantic
+
+from hush.api import common
+
+# Bounds that keep status under 64 KiB however long the history (see docs/design/0007).
+MAX_ENTRIES = 48
+MAX_RESERVATIONS = 128
+MAX_RECENT_REQUESTS = 160
+MAX_CONSUMER_TOTALS = 64
+
+Action = Literal["reserve", "commit", "release", "charge"]
+RequestState = Literal["reserved", "committed", "released"]
+
+_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+_HASH = pydantic.Field(max_length=64, pattern=r"^[0-9a-f]{64}$")
+
+
+def _units() -> Any:
+    return pydantic.Field(
+        default_factory=list,
+        max_length=64,
+        description="Cost in the integer units of the budget's accounting mode.",
+    )
+
+
+class Consumer(common.ResourceModel):
+    """Who spent: the pod, the policy it runs under and the team it is charged to."""
+
+    namespace: str = pydantic.Field(max_length=63)
+    pod: str = pydantic.Field(default="", max_length=253)
+    policy: str = pydantic.Field(max_length=253)
+    team: str = pydantic.Field(max_length=63)
+
+
+class Entry(common.ResourceModel):
+    """One ledger event. ``hash`` = SHA-256(previousHash + canonical JSON of the rest)."""
+
+    sequence: int = pydantic.Field(ge=1)
+    time: str = pydantic.Field(max_length=32)
+    action: Action
+    request_id: str = pydantic.Field(max_length=64, pattern=_ID_PATTERN)
+    consumer: Consumer
+    mechanism: str = pydantic.Field(default="", max_length=32)
+    noise_scale: str = pydantic.Field(default="", max_length=40)
+    sensitivity: str = pydantic.Field(default="", max_length=40)
+    epsilon: str = pydantic.Field(default="", max_length=40)
+    delta: str = pydantic.Field(default="", max_length=40)
+    cost: list[int] = _units()
+    previous_hash: str = _HASH
+    hash: str = _HASH
+
+
+class TeamSpent(common.ResourceModel):
+    team: str = pydantic.Field(max_length=63)
+    spent: list[int] = _units()
+
+
+class Reservation(common.ResourceModel):
+    """A reserved charge not yet committed or released; it counts as spent."""
+
+    request_id: str = pydantic.Field(max_length=64, pattern=_ID_PATTERN)
+    consumer: Consumer
+    cost: list[int] = _units()
+    sequence: int = pydantic.Field(ge=1)
+
+
+class RecentRequest(common.ResourceModel):
+    """A request id seen recently, so that a retry is answered, never charged twice."""
+
+    request_id: str = pydantic.Field(max_length=64, pattern=_ID_PATTERN)
+    state: RequestState
+    sequence: int = pydantic.Field(ge=1)
+
+
+class ConsumerTotal(common.ResourceModel):
+    """What one (namespace, policy, team) spent in the compacted part of the ledger."""
+
+    namespace: str = pydantic.Field(max_length=63)
+    policy: str = pydantic.Field(max_length=253)
+    team: str = pydantic.Field(max_length=63)
+    count: int = pydantic.Field(ge=0)
+    cost: list[int] = _units()
+
+
+class Checkpoint(common.ResourceModel):
+    """All entries up to ``lastSequence``, folded. ``hash`` covers everything else here."""
+
+    first_sequence: int = pydantic.Field(ge=1)
+    last_sequence: int = pydantic.Field(ge=1)
+    count: int = pydantic.Field(ge=0)
+    head_hash: str = _HASH
+    spent: list[int] = _units()
+    consumers: list[ConsumerTotal] = pydantic.Field(
+        default_factory=list, max_length=MAX_CONSUMER_TOTALS
+    )
+    hash: str = _HASH
+
+
+class Ledger(common.ResourceModel):
+    """The budget's ledger: running totals, open reservations, newest entries, checkpoint."""
+
+    accounting: str = pydantic.Field(default="", max_length=8)
+    sequence: int = pydantic.Field(default=0, ge=0, description="Sequence of the newest entry.")
+    head_hash: str = pydantic.Field(default="0" * 64, max_length=64)
+    spent: list[int] = _units()
+    epsilon_spent: float = pydantic.Field(
+        default=0.0, description="Epsilon spent (rounded up), for CEL transition rules."
+    )
+    teams: list[TeamSpent] = pydantic.Field(
+        default_factory=list, max_length=64, json_schema_extra=common.list_map("team")
+    )
+    reservations: list[Reservation] = pydantic.Field(
+        default_factory=list, max_length=MAX_RESERVATIONS
+    )
+    recent: list[RecentRequest] = pydantic.Field(
+        default_factory=list, max_length=MAX_RECENT_REQUESTS
+    )
+    entries: list[Entry] = pydantic.Field(default_factory=list, max_length=MAX_ENTRIES)
+    checkpoint: Checkpoint | None = None

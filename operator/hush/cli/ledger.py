@@ -1,0 +1,116 @@
+"""``hush ledger show|verify|export BUDGET``: read a PrivacyBudget's ledger from the cluster.
+
+``verify`` recomputes the hash chain and the totals and exits 1 naming every entry that was
+edited, dropped or reordered. ``export`` writes JSON lines: the checkpoint (if any), then
+every retained entry, oldest first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from hush.api import common
+from hush.api import ledger as wire
+from hush.ledger import chain
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "ledger", help="Show, verify or export a PrivacyBudget's ledger."
+    )
+    actions = parser.add_subparsers(dest="ledger_action", required=True, metavar="ACTION")
+    for action, description in (
+        ("show", "Summarise the ledger and list its newest entries."),
+        ("verify", "Check the hash chain and the totals; exit 1 on any tampering."),
+        ("export", "Write the checkpoint and entries as JSON lines."),
+    ):
+        sub = actions.add_parser(action, help=description)
+        sub.add_argument("budget", help="PrivacyBudget name")
+        sub.add_argument("--namespace", "-n", default="default")
+        sub.set_defaults(handler=_HANDLERS[action])
+
+
+def _load(arguments: argparse.Namespace) -> wire.Ledger | None:
+    from hush.kube import client  # imported here so other commands start fast
+
+    found = client.read_custom(
+        group=common.API_GROUP,
+        version=common.API_VERSION,
+        plural="privacybudgets",
+        namespace=arguments.namespace,
+        name=arguments.budget,
+    )
+    if found is None:
+        print(f"PrivacyBudget {arguments.namespace}/{arguments.budget} not found", file=sys.stderr)
+        return None
+    raw = (found.get("status") or {}).get("ledger")
+    return wire.Ledger.model_validate(raw) if raw else wire.Ledger()
+
+
+def show(arguments: argparse.Namespace) -> int:
+    ledger = _load(arguments)
+    if ledger is None:
+        return 1
+    checkpoint = ledger.checkpoint
+    print(f"Budget:        {arguments.namespace}/{arguments.budget} ({ledger.accounting or '-'})")
+    print(f"Entries:       {ledger.sequence} (newest {len(ledger.entries)} kept in full)")
+    print(f"Epsilon spent: {ledger.epsilon_spent}")
+    print(f"Head hash:     {ledger.head_hash}")
+    print(f"Open reservations: {len(ledger.reservations)}")
+    if checkpoint is not None:
+        print(f"Checkpoint:    entries {checkpoint.first_sequence}-{checkpoint.last_sequence}")
+        for consumer in checkpoint.consumers:
+            print(
+                f"  {consumer.namespace}/{consumer.policy} team {consumer.team}: "
+                f"{consumer.count} entries, cost {consumer.cost}"
+            )
+    print("SEQ     ACTION   TEAM           POLICY               EPSILON   REQUEST")
+    for entry in ledger.entries:
+        print(
+            f"{entry.sequence:<7} {entry.action:<8} {entry.consumer.team:<14} "
+            f"{entry.consumer.policy:<20} {entry.epsilon or '-':<9} {entry.request_id}"
+        )
+    return 0
+
+
+def verify(arguments: argparse.Namespace) -> int:
+    ledger = _load(arguments)
+    if ledger is None:
+        return 1
+    problems = chain.verify(ledger)
+    if problems:
+        for problem in problems:
+            print(f"TAMPERED {problem}", file=sys.stderr)
+        print(
+            f"Ledger of {arguments.namespace}/{arguments.budget} failed verification: "
+            f"{len(problems)} problem(s)",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"Ledger of {arguments.namespace}/{arguments.budget} verified: {ledger.sequence} "
+        f"entries, head {ledger.head_hash}"
+    )
+    return 0
+
+
+def export(arguments: argparse.Namespace) -> int:
+    ledger = _load(arguments)
+    if ledger is None:
+        return 1
+    if ledger.checkpoint is not None:
+        record = {"type": "checkpoint", **ledger.checkpoint.model_dump(mode="json", by_alias=True)}
+        print(json.dumps(record, sort_keys=True))
+    for entry in ledger.entries:
+        print(
+            json.dumps(
+                {"type": "entry", **entry.model_dump(mode="json", by_alias=True)}, sort_keys=True
+            )
+        )
+    return 0
+
+
+_HANDLERS = {"show": show, "verify": verify, "export": export}

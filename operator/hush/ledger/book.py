@@ -1,0 +1,386 @@
+"""Pure ledger transitions: reserve, commit, release (and one-step charge), compaction.
+
+A ``Book`` is a working copy of one budget's ledger plus the limits it must respect. The
+accountant loads a Book from the budget's status, applies a batch of operations, writes
+``book.snapshot()`` back with compare-and-swap, and only then acknowledges the batch
+(group commit). If the write loses a race, it reloads and replays: every decision is a
+function of the ledger it is applied to.
+
+Rules (ARCHITECTURE.md, "Spending protocol"):
+- a charge must fit both its team's quota and the dataset's total (Big Bird, SOSP'25:
+  per-team budgets alone are unsound);
+- an open reservation counts as spent, so a sidecar that dies between reserve and commit
+  can over-count, never under-count;
+- request ids make retries idempotent: a repeated reserve is answered from the ledger and
+  never charged twice, for as long as the id is in the bounded ``recent`` window;
+- ``enforcement: warn`` grants charges past the budget but reports them as over budget.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import decimal
+from collections.abc import Mapping
+from typing import Literal
+
+from hush.api import ledger as wire
+from hush.ledger import chain
+from hush.privacy import accounting, amounts
+
+# Compaction keeps this many newest entries and folds the rest into the checkpoint once
+# the ledger holds more than ``wire.MAX_ENTRIES - COMPACTION_SLACK`` entries.
+KEEP_ENTRIES = 24
+COMPACTION_SLACK = 8
+
+OutcomeCode = Literal[
+    "granted",
+    "committed",
+    "released",
+    "duplicate",
+    "exhausted",
+    "no-quota",
+    "unknown-request",
+    "already-committed",
+    "already-released",
+    "wrong-team",
+    "too-many-reservations",
+]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Limits:
+    """What a budget allows, in its accountant's units."""
+
+    accountant: accounting.Accountant
+    total: accounting.Cost
+    delta: decimal.Decimal
+    teams: Mapping[str, accounting.Cost]
+    team_deltas: Mapping[str, decimal.Decimal]
+    team_epsilons: Mapping[str, decimal.Decimal]
+    enforcement: Literal["block", "warn"] = "block"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChargeRequest:
+    request_id: str
+    consumer: wire.Consumer
+    release: accounting.Release
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """The answer to one operation; ``ok`` is what the caller may act on."""
+
+    code: OutcomeCode
+    ok: bool
+    message: str
+    sequence: int | None = None
+    over_budget: bool = False
+    team_epsilon_remaining: decimal.Decimal | None = None
+
+
+def _format_time(now: datetime.datetime) -> str:
+    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Book:
+    """A mutable working copy of one ledger; ``snapshot()`` gives the wire form."""
+
+    def __init__(self, ledger: wire.Ledger, limits: Limits) -> None:
+        self._limits = limits
+        self._accountant = limits.accountant
+        self._sequence = ledger.sequence
+        self._head_hash = ledger.head_hash
+        self._spent = self._accountant.from_json(list(ledger.spent))
+        self._team_spent = {
+            team.team: self._accountant.from_json(list(team.spent)) for team in ledger.teams
+        }
+        self._reservations = {item.request_id: item for item in ledger.reservations}
+        self._recent: collections.OrderedDict[str, wire.RecentRequest] = collections.OrderedDict(
+            (item.request_id, item) for item in ledger.recent
+        )
+        self._entries = list(ledger.entries)
+        self._checkpoint = ledger.checkpoint
+
+    # -- queries -------------------------------------------------------------------------
+
+    def team_spent(self, team: str) -> accounting.Cost:
+        return self._team_spent.get(team, self._accountant.zero())
+
+    def team_epsilon_remaining(self, team: str) -> decimal.Decimal | None:
+        quota = self._limits.team_epsilons.get(team)
+        if quota is None:
+            return None
+        spent = self._accountant.epsilon_spent(
+            self.team_spent(team), self._limits.team_deltas.get(team, self._limits.delta)
+        )
+        return max(quota - spent, decimal.Decimal(0))
+
+    # -- operations ----------------------------------------------------------------------
+
+    def reserve(self, request: ChargeRequest, now: datetime.datetime) -> Outcome:
+        """Reserve the cost of one release; it counts as spent until released."""
+        return self._spend(request, now, action="reserve")
+
+    def charge(self, request: ChargeRequest, now: datetime.datetime) -> Outcome:
+        """Reserve and commit in one entry (for callers that need no two-phase release)."""
+        return self._spend(request, now, action="charge")
+
+    def commit(self, request_id: str, team: str, now: datetime.datetime) -> Outcome:
+        """Close a reservation: the release happened, the cost stays spent."""
+        return self._close(request_id, team, now, action="commit")
+
+    def release(self, request_id: str, team: str, now: datetime.datetime) -> Outcome:
+        """Cancel a reservation whose answer was never released: the cost is refunded."""
+        return self._close(request_id, team, now, action="release")
+
+    def snapshot(self) -> wire.Ledger:
+        """The ledger to write back, compacted so that status stays bounded."""
+        if len(self._entries) > wire.MAX_ENTRIES - COMPACTION_SLACK:
+            self._compact()
+        accountant = self._accountant
+        return wire.Ledger(
+            accounting=accountant.mode,
+            sequence=self._sequence,
+            head_hash=self._head_hash,
+            spent=accountant.to_json(self._spent),
+            epsilon_spent=float(
+                amounts.quantise(
+                    accountant.epsilon_spent(self._spent, self._limits.delta),
+                    -9,
+                    amounts.Rounding.CHARGE,
+                )
+            ),
+            teams=[
+                wire.TeamSpent(team=team, spent=accountant.to_json(cost))
+                for team, cost in sorted(self._team_spent.items())
+            ],
+            reservations=sorted(self._reservations.values(), key=lambda item: item.sequence),
+            recent=list(self._recent.values()),
+            entries=list(self._entries),
+            checkpoint=self._checkpoint,
+        )
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _spend(
+        self, request: ChargeRequest, now: datetime.datetime, *, action: wire.Action
+    ) -> Outcome:
+        team = request.consumer.team
+        previous = self._recent.get(request.request_id)
+        if previous is not None:
+            return Outcome(
+                code="duplicate",
+                ok=previous.state != "released",
+                message=f"Request {request.request_id} was already {previous.state}",
+                sequence=previous.sequence,
+                team_epsilon_remaining=self.team_epsilon_remaining(team),
+            )
+        team_capacity = self._limits.teams.get(team)
+        if team_capacity is None:
+            return Outcome(
+                code="no-quota",
+                ok=False,
+                message=f"The budget has no quota for team {team}",
+            )
+        if action == "reserve" and len(self._reservations) >= wire.MAX_RESERVATIONS:
+            return Outcome(
+                code="too-many-reservations",
+                ok=False,
+                message=f"{wire.MAX_RESERVATIONS} reservations are open; commit or release "
+                "some before reserving more",
+            )
+        cost = self._accountant.release_cost(request.release)
+        accountant = self._accountant
+        new_team_spent = accountant.add(self.team_spent(team), cost)
+        new_spent = accountant.add(self._spent, cost)
+        fits_team = accountant.fits(new_team_spent, team_capacity)
+        fits_total = accountant.fits(new_spent, self._limits.total)
+        over_budget = not (fits_team and fits_total)
+        if over_budget and self._limits.enforcement == "block":
+            which = "team " + team + "'s quota" if not fits_team else "the dataset's total"
+            return Outcome(
+                code="exhausted",
+                ok=False,
+                message=f"Budget exhausted: this release does not fit {which}",
+                team_epsilon_remaining=self.team_epsilon_remaining(team),
+            )
+        release = request.release
+        entry = self._append(
+            now=now,
+            action=action,
+            request_id=request.request_id,
+            consumer=request.consumer,
+            cost=accountant.to_json(cost),
+            mechanism=release.mechanism,
+            noise_scale=amounts.display(release.scale),
+            sensitivity=amounts.display(release.sensitivity),
+            epsilon=amounts.display(release.epsilon),
+            delta=amounts.display(release.delta),
+        )
+        self._spent = new_spent
+        self._team_spent[team] = new_team_spent
+        if action == "reserve":
+            self._reservations[request.request_id] = wire.Reservation(
+                request_id=request.request_id,
+                consumer=request.consumer,
+                cost=accountant.to_json(cost),
+                sequence=entry.sequence,
+            )
+        self._remember(
+            request.request_id, "reserved" if action == "reserve" else "committed", entry
+        )
+        return Outcome(
+            code="granted",
+            ok=True,
+            message="Over budget (enforcement: warn)" if over_budget else "Granted",
+            sequence=entry.sequence,
+            over_budget=over_budget,
+            team_epsilon_remaining=self.team_epsilon_remaining(team),
+        )
+
+    def _close(
+        self,
+        request_id: str,
+        team: str,
+        now: datetime.datetime,
+        *,
+        action: Literal["commit", "release"],
+    ) -> Outcome:
+        reservation = self._reservations.get(request_id)
+        if reservation is None:
+            previous = self._recent.get(request_id)
+            if previous is None:
+                return Outcome(
+                    code="unknown-request",
+                    ok=False,
+                    message=f"No open reservation {request_id} (expired from the window, or "
+                    "never reserved)",
+                )
+            wanted = "committed" if action == "commit" else "released"
+            return Outcome(
+                code="duplicate" if previous.state == wanted else f"already-{previous.state}",  # type: ignore[arg-type]
+                ok=previous.state == wanted,
+                message=f"Request {request_id} was already {previous.state}",
+                sequence=previous.sequence,
+            )
+        if reservation.consumer.team != team:
+            return Outcome(
+                code="wrong-team",
+                ok=False,
+                message=f"Reservation {request_id} belongs to another team",
+            )
+        consumer = reservation.consumer
+        cost = self._accountant.from_json(list(reservation.cost))
+        entry = self._append(
+            now=now,
+            action=action,
+            request_id=request_id,
+            consumer=consumer,
+            cost=list(reservation.cost),
+        )
+        if action == "release":
+            self._spent = self._subtract(self._spent, cost)
+            self._team_spent[team] = self._subtract(self.team_spent(team), cost)
+        del self._reservations[request_id]
+        self._remember(request_id, "committed" if action == "commit" else "released", entry)
+        return Outcome(
+            code="committed" if action == "commit" else "released",
+            ok=True,
+            message="Committed" if action == "commit" else "Released",
+            sequence=entry.sequence,
+            team_epsilon_remaining=self.team_epsilon_remaining(team),
+        )
+
+    def _subtract(self, left: accounting.Cost, right: accounting.Cost) -> accounting.Cost:
+        negated = [-unit for unit in self._accountant.to_json(right)]
+        return self._accountant.from_json(chain.add_units(self._accountant.to_json(left), negated))
+
+    def _append(
+        self,
+        *,
+        now: datetime.datetime,
+        action: wire.Action,
+        request_id: str,
+        consumer: wire.Consumer,
+        cost: list[int],
+        mechanism: str = "",
+        noise_scale: str = "",
+        sensitivity: str = "",
+        epsilon: str = "",
+        delta: str = "",
+    ) -> wire.Entry:
+        unsigned = wire.Entry(
+            sequence=self._sequence + 1,
+            time=_format_time(now),
+            action=action,
+            request_id=request_id,
+            consumer=consumer,
+            mechanism=mechanism,
+            noise_scale=noise_scale,
+            sensitivity=sensitivity,
+            epsilon=epsilon,
+            delta=delta,
+            cost=cost,
+            previous_hash=self._head_hash,
+            hash=chain.GENESIS_HASH,
+        )
+        entry = unsigned.model_copy(update={"hash": chain.entry_hash(unsigned)})
+        self._entries.append(entry)
+        self._sequence = entry.sequence
+        self._head_hash = entry.hash
+        return entry
+
+    def _remember(self, request_id: str, state: wire.RequestState, entry: wire.Entry) -> None:
+        self._recent[request_id] = wire.RecentRequest(
+            request_id=request_id, state=state, sequence=entry.sequence
+        )
+        self._recent.move_to_end(request_id)
+        while len(self._recent) > wire.MAX_RECENT_REQUESTS:
+            self._recent.popitem(last=False)
+
+    def _compact(self) -> None:
+        folded, self._entries = self._entries[:-KEEP_ENTRIES], self._entries[-KEEP_ENTRIES:]
+        previous = self._checkpoint
+        totals: dict[tuple[str, str, str], tuple[int, list[int]]] = {}
+        if previous is not None:
+            for item in previous.consumers:
+                totals[(item.namespace, item.policy, item.team)] = (item.count, list(item.cost))
+        spent = list(previous.spent) if previous is not None else []
+        for entry in folded:
+            key = (entry.consumer.namespace, entry.consumer.policy, entry.consumer.team)
+            count, cost = totals.get(key, (0, []))
+            signed = chain.signed_cost(entry)
+            totals[key] = (count + 1, chain.add_units(cost, signed))
+            spent = chain.add_units(spent, signed)
+        if len(totals) > wire.MAX_CONSUMER_TOTALS:
+            totals = _merge_by_team(totals)
+        unsigned = wire.Checkpoint(
+            first_sequence=1,
+            last_sequence=folded[-1].sequence,
+            count=(previous.count if previous is not None else 0) + len(folded),
+            head_hash=folded[-1].hash,
+            spent=spent,
+            consumers=[
+                wire.ConsumerTotal(
+                    namespace=namespace, policy=policy, team=team, count=count, cost=cost
+                )
+                for (namespace, policy, team), (count, cost) in sorted(totals.items())
+            ],
+            hash=chain.GENESIS_HASH,
+        )
+        self._checkpoint = unsigned.model_copy(update={"hash": chain.checkpoint_hash(unsigned)})
+
+
+def _merge_by_team(
+    totals: dict[tuple[str, str, str], tuple[int, list[int]]],
+) -> dict[tuple[str, str, str], tuple[int, list[int]]]:
+    """Too many consumers to list: keep per-team totals (what verification needs)."""
+    merged: dict[tuple[str, str, str], tuple[int, list[int]]] = {}
+    for (_, _, team), (count, cost) in totals.items():
+        key = ("*", "*", team)
+        previous_count, previous_cost = merged.get(key, (0, []))
+        merged[key] = (previous_count + count, chain.add_units(previous_cost, cost))
+    return merged

@@ -1,0 +1,180 @@
+"""Ledger transitions, the hash chain and compaction (pure, no cluster)."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hush.api import ledger as wire
+from hush.api import privacybudget
+from hush.ledger import book, chain, limits
+from hush.privacy import accounting
+
+NOW = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC)
+CONSUMER = wire.Consumer(namespace="ns", pod="app-1", policy="stats", team="analytics")
+
+
+def _limits(team_epsilon: float = 1.0, total: float = 2.0, **spec: Any) -> book.Limits:
+    return limits.limits_for(
+        privacybudget.PrivacyBudgetSpec.model_validate(
+            {
+                "dataset": "d",
+                "epsilon": total,
+                "quotas": [
+                    {"team": "analytics", "epsilon": team_epsilon},
+                    {"team": "growth", "epsilon": total - team_epsilon},
+                ],
+                **spec,
+            }
+        )
+    )
+
+
+def _request(request_id: str, epsilon: str = "0.1", team: str = "analytics") -> book.ChargeRequest:
+    return book.ChargeRequest(
+        request_id=request_id,
+        consumer=CONSUMER.model_copy(update={"team": team}),
+        release=accounting.Release(
+            mechanism="laplace",
+            epsilon=decimal.Decimal(epsilon),
+            delta=decimal.Decimal(0),
+            sensitivity=decimal.Decimal(1),
+            scale=decimal.Decimal(1) / decimal.Decimal(epsilon),
+        ),
+    )
+
+
+def test_charges_fit_the_team_quota_exactly_and_no_further() -> None:
+    working = book.Book(wire.Ledger(), _limits(team_epsilon=0.3))
+    outcomes = [working.charge(_request(f"r{n}"), NOW) for n in range(4)]
+    assert [outcome.code for outcome in outcomes] == ["granted"] * 3 + ["exhausted"]
+    assert "team analytics's quota" in outcomes[-1].message
+    assert working.team_epsilon_remaining("analytics") == 0
+
+
+def test_the_dataset_total_binds_even_when_the_team_quota_does_not() -> None:
+    # Two teams, each with quota 1.0, share a total of 1.5: per-team budgets alone are unsound.
+    spec = {
+        "dataset": "d",
+        "epsilon": 1.5,
+        "quotas": [{"team": "analytics", "epsilon": 0.75}, {"team": "growth", "epsilon": 0.75}],
+    }
+    working = book.Book(
+        wire.Ledger(),
+        limits.limits_for(privacybudget.PrivacyBudgetSpec.model_validate(spec)),
+    )
+    for number in range(7):
+        assert working.charge(_request(f"a{number}"), NOW).ok
+        assert working.charge(_request(f"g{number}", team="growth"), NOW).ok
+    assert working.charge(_request("a7", epsilon="0.05"), NOW).ok
+    assert working.charge(_request("g7", epsilon="0.05", team="growth"), NOW).ok
+    assert not working.charge(_request("a8", epsilon="0.01"), NOW).ok
+
+
+def test_warn_enforcement_grants_past_the_budget_and_says_so() -> None:
+    working = book.Book(wire.Ledger(), _limits(team_epsilon=0.1, enforcement="warn"))
+    assert not working.charge(_request("a"), NOW).over_budget
+    over = working.charge(_request("b"), NOW)
+    assert over.ok
+    assert over.over_budget
+
+
+def test_unknown_team_is_refused() -> None:
+    working = book.Book(wire.Ledger(), _limits())
+    assert working.charge(_request("a", team="marketing"), NOW).code == "no-quota"
+
+
+def test_reserve_commit_release_lifecycle() -> None:
+    working = book.Book(wire.Ledger(), _limits(team_epsilon=0.25))
+    assert working.reserve(_request("a"), NOW).code == "granted"
+    assert working.reserve(_request("a"), NOW).code == "duplicate"  # a retry: not charged twice
+    assert working.reserve(_request("b"), NOW).code == "granted"
+    # Open reservations count as spent: a third 0.1 does not fit 0.25.
+    assert working.reserve(_request("c"), NOW).code == "exhausted"
+    assert working.release(_request("b").request_id, "analytics", NOW).code == "released"
+    assert working.reserve(_request("c"), NOW).code == "granted"
+    assert working.commit("a", "analytics", NOW).code == "committed"
+    assert working.commit("a", "analytics", NOW).code == "duplicate"
+    assert working.release("a", "analytics", NOW).code == "already-committed"
+    assert working.commit("c", "growth", NOW).code == "wrong-team"
+    assert working.commit("zzz", "analytics", NOW).code == "unknown-request"
+    snapshot = working.snapshot()
+    assert [entry.action for entry in snapshot.entries] == [
+        "reserve", "reserve", "release", "reserve", "commit",
+    ]  # fmt: skip
+    assert [item.request_id for item in snapshot.reservations] == ["c"]
+    assert chain.verify(snapshot) == []
+
+
+def test_snapshot_round_trips_through_json() -> None:
+    working = book.Book(wire.Ledger(), _limits())
+    working.charge(_request("a"), NOW)
+    dumped = json.loads(json.dumps(working.snapshot().model_dump(mode="json", by_alias=True)))
+    restored = wire.Ledger.model_validate(dumped)
+    assert chain.verify(restored) == []
+    again = book.Book(restored, _limits())
+    assert again.charge(_request("a"), NOW).code == "duplicate"
+    assert again.charge(_request("b"), NOW).code == "granted"
+
+
+def test_compaction_keeps_status_bounded_and_verifiable() -> None:
+    lim = _limits(team_epsilon=1000.0, total=2000.0)
+    ledger = wire.Ledger()
+    for round_number in range(200):
+        working = book.Book(ledger, lim)
+        for number in range(50):
+            working.charge(_request(f"r{round_number}-{number}", epsilon="0.001"), NOW)
+        ledger = working.snapshot()
+    assert ledger.sequence == 10_000
+    assert len(ledger.entries) <= wire.MAX_ENTRIES
+    assert ledger.checkpoint is not None
+    assert ledger.checkpoint.count + len(ledger.entries) == 10_000
+    assert chain.verify(ledger) == []
+    size = len(json.dumps(ledger.model_dump(mode="json", by_alias=True)))
+    assert size < 40 * 1024, size
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda d: d["entries"][3].update(epsilon="0.0001"), "entry"),
+        (lambda d: d["entries"].pop(2), "dropped or reordered"),
+        (lambda d: d["entries"].insert(1, d["entries"].pop(4)), "out of order"),
+        (lambda d: d["checkpoint"]["spent"].__setitem__(0, 1), "checkpoint"),
+        (lambda d: d["spent"].__setitem__(0, d["spent"][0] - 1), "spent disagrees"),
+        (lambda d: d["teams"][0]["spent"].__setitem__(0, 0), "team analytics"),
+    ],
+)
+def test_verify_names_every_kind_of_tampering(edit: Any, expected: str) -> None:
+    ledger = wire.Ledger()
+    working = book.Book(ledger, _limits(team_epsilon=100.0, total=200.0))
+    for number in range(60):
+        working.charge(_request(f"t{number}", epsilon="0.01"), NOW)
+    document = working.snapshot().model_dump(mode="json", by_alias=True)
+    assert chain.verify(wire.Ledger.model_validate(document)) == []
+    edit(document)
+    problems = chain.verify(wire.Ledger.model_validate(document))
+    assert problems
+    assert any(expected in str(problem) for problem in problems), problems
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    quota=st.decimals(min_value="0.01", max_value="5", places=3),
+    charges=st.lists(st.decimals(min_value="0.001", max_value="1", places=4), max_size=80),
+)
+def test_no_sequence_of_charges_exceeds_the_quota(
+    quota: decimal.Decimal, charges: list[decimal.Decimal]
+) -> None:
+    working = book.Book(wire.Ledger(), _limits(team_epsilon=float(quota), total=float(quota) * 2))
+    granted = decimal.Decimal(0)
+    for number, epsilon in enumerate(charges):
+        if working.charge(_request(f"h{number}", epsilon=str(epsilon)), NOW).ok:
+            granted += epsilon
+    assert granted <= quota
