@@ -73,6 +73,16 @@ e2e-kind: venv ## The same e2e suite against kind (needs Docker and kind; users'
 .PHONY: test
 test: lint unit e2e ## Everything: lint, unit tests, e2e tests on the local control plane
 
+.PHONY: bench
+bench: venv controlplane ## Benchmarks: samplers, accountants, and the accountant on a local cluster
+	$(BIN)/python bench/bench_samplers.py
+	$(BIN)/python bench/bench_accounting.py
+	@status=0; \
+	kubeconfig="$$($(HUSH) dev up --name hush-bench | tail -n 1)"; \
+	$(BIN)/python bench/bench_accountant.py --kubeconfig "$$kubeconfig" || status=$$?; \
+	$(HUSH) dev down --name hush-bench || true; \
+	exit $$status
+
 ##@ Local cluster
 
 .PHONY: cluster-up

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import hush_resources
-import operator_process
 import pytest
 from kubernetes import client
 
 from hush.api import ledger as wire
 from hush.ledger import chain
+
+import hush_resources
+import operator_process
 
 AUDIENCE = "hush-accountant"
 ROUTE = "/count"

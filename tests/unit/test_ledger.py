@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import decimal
 import json
@@ -45,7 +46,10 @@ def _request(request_id: str, epsilon: str = "0.1", team: str = "analytics") -> 
             epsilon=decimal.Decimal(epsilon),
             delta=decimal.Decimal(0),
             sensitivity=decimal.Decimal(1),
-            scale=decimal.Decimal(1) / decimal.Decimal(epsilon),
+            # Rounded up: a scale rounded down would be (rightly) refused as under-noised.
+            scale=(decimal.Decimal(1) / decimal.Decimal(epsilon)).quantize(
+                decimal.Decimal("1e-9"), rounding=decimal.ROUND_CEILING
+            ),
         ),
     )
 
@@ -83,6 +87,18 @@ def test_warn_enforcement_grants_past_the_budget_and_says_so() -> None:
     over = working.charge(_request("b"), NOW)
     assert over.ok
     assert over.over_budget
+
+
+def test_a_release_whose_noise_does_not_deliver_its_epsilon_is_refused() -> None:
+    working = book.Book(wire.Ledger(), _limits())
+    request = _request("a")
+    under_noised = dataclasses.replace(
+        request, release=dataclasses.replace(request.release, scale=decimal.Decimal(5))
+    )
+    outcome = working.charge(under_noised, NOW)
+    assert outcome.code == "under-noised"
+    assert not outcome.ok
+    assert working.snapshot().sequence == 0
 
 
 def test_unknown_team_is_refused() -> None:

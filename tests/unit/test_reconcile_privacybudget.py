@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import decimal
 from typing import Any
 
+from hush.api import ledger as wire
+from hush.api import privacybudget as privacybudget_api
+from hush.ledger import book, limits
+from hush.privacy import accounting
 from hush.reconcile import conditions, privacybudget
 
 
@@ -60,24 +65,60 @@ def test_unparsable_spec_is_reported_not_raised(now: datetime.datetime) -> None:
     assert "spec.epsilon" in ready.message
 
 
-def test_spent_amounts_are_carried_over_and_alerts_fire(now: datetime.datetime) -> None:
-    current = {"epsilon": {"total": "1", "spent": "0.85", "remaining": "0.15"}}
-    status = privacybudget.evaluate(_spec(), generation=1, status=current, now=now)
+def _spent_ledger(spec: dict[str, Any], charges: int, epsilon: str = "0.01") -> Any:
+    """A ledger in which team ``a`` made ``charges`` releases of ``epsilon``."""
+    working = book.Book(
+        wire.Ledger(), limits.limits_for(privacybudget_api.PrivacyBudgetSpec.model_validate(spec))
+    )
+    for number in range(charges):
+        working.charge(
+            book.ChargeRequest(
+                request_id=f"r{number}",
+                consumer=wire.Consumer(namespace="ns", policy="p", team="a"),
+                release=accounting.Release(
+                    mechanism="laplace",
+                    epsilon=decimal.Decimal(epsilon),
+                    delta=decimal.Decimal(0),
+                    sensitivity=decimal.Decimal(1),
+                    scale=1 / decimal.Decimal(epsilon),
+                ),
+            ),
+            datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+        )
+    return working.snapshot()
+
+
+def test_spent_amounts_come_from_the_ledger_and_alerts_fire(now: datetime.datetime) -> None:
+    spec = _spec(quotas=[{"team": "a", "epsilon": 1.0}])
+    ledger = _spent_ledger(spec, 85)
+    status = privacybudget.evaluate(spec, generation=1, status={}, ledger=ledger, now=now)
     near = conditions.find(status.conditions, "NearExhaustion")
     assert near is not None
     assert near.status == "True"
     assert status.state == "NearExhaustion"
     assert status.epsilon is not None
+    assert status.epsilon.spent == "0.85"
     assert status.epsilon.remaining == "0.15"
+    assert status.teams[0].epsilon.spent == "0.85"
+    assert status.ledger == ledger
 
 
 def test_exhausted_budget(now: datetime.datetime) -> None:
-    current = {"epsilon": {"total": "1", "spent": "1", "remaining": "0"}}
-    status = privacybudget.evaluate(_spec(), generation=1, status=current, now=now)
+    spec = _spec(quotas=[{"team": "a", "epsilon": 1.0}])
+    ledger = _spent_ledger(spec, 100)
+    status = privacybudget.evaluate(spec, generation=1, status={}, ledger=ledger, now=now)
     exhausted = conditions.find(status.conditions, "Exhausted")
     assert exhausted is not None
     assert exhausted.status == "True"
     assert status.state == "Exhausted"
+
+
+def test_the_ledger_in_status_is_kept_when_none_is_given(now: datetime.datetime) -> None:
+    spec = _spec(quotas=[{"team": "a", "epsilon": 1.0}])
+    ledger = _spent_ledger(spec, 3)
+    current = {"ledger": ledger.model_dump(mode="json", by_alias=True)}
+    status = privacybudget.evaluate(spec, generation=2, status=current, now=now)
+    assert status.ledger == ledger
 
 
 def test_calendar_renewal_keeps_a_visible_warning(now: datetime.datetime) -> None:

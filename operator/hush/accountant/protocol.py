@@ -11,6 +11,7 @@ import decimal
 from typing import Literal
 
 import pydantic
+from pydantic import alias_generators
 
 from hush.privacy import amounts
 
@@ -19,7 +20,7 @@ REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 
 class _Message(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(
-        alias_generator=pydantic.alias_generators.to_camel,
+        alias_generator=alias_generators.to_camel,
         populate_by_name=True,
         extra="forbid",
         frozen=True,

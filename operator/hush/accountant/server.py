@@ -15,7 +15,6 @@ says what is wrong. The caller's token is never logged.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -29,6 +28,7 @@ from aiohttp import web
 from hush.accountant import authorization, protocol, writer
 from hush.api import ledger as wire
 from hush.ledger import book
+from hush.observability import metrics
 from hush.privacy import accounting, amounts
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ _OUTCOME_STATUS = {
     "already-committed": 409,
     "already-released": 409,
     "too-many-reservations": 503,
+    "under-noised": 422,
 }
 
 
@@ -174,7 +175,14 @@ class Accountant:
                     return working.reserve(charge, now)
                 return working.charge(charge, now)
 
-            return await self._submit(grant, operation)
+            started = time.perf_counter()
+            response = await self._submit(grant, operation, action)
+            metrics.CHARGE_LATENCY.labels(action).observe(time.perf_counter() - started)
+            if response.status == 200 and action in ("reserve", "charge"):
+                metrics.EPSILON_CHARGED.labels(grant.namespace, grant.budget, grant.team).inc(
+                    float(body.epsilon)
+                )
+            return response
 
         return handle
 
@@ -197,20 +205,24 @@ class Accountant:
                     return working.commit(body.request_id, grant.team, now)
                 return working.release(body.request_id, grant.team, now)
 
-            return await self._submit(grant, operation)
+            return await self._submit(grant, operation, action)
 
         return handle
 
     async def _submit(
-        self, grant: authorization.Grant, operation: writer.Operation
+        self, grant: authorization.Grant, operation: writer.Operation, action: str
     ) -> web.Response:
         budget_writer = self._writers.writer(grant.namespace, grant.budget)
         try:
             outcome = await budget_writer.submit(operation)
         except writer.BudgetUnavailableError as error:
+            metrics.CHARGES.labels(
+                grant.namespace, grant.budget, grant.team, action, "unavailable"
+            ).inc()
             return _refusal(error.status, "unavailable", str(error))
-        except asyncio.CancelledError:
-            raise
+        metrics.CHARGES.labels(
+            grant.namespace, grant.budget, grant.team, action, outcome.code
+        ).inc()
         remaining = outcome.team_epsilon_remaining
         return _answer(
             _OUTCOME_STATUS[outcome.code],

@@ -103,13 +103,13 @@ _service: Service | None = None
 
 def configure(options: Options) -> None:
     """Called by ``hush operator`` before kopf starts."""
-    global _service  # noqa: PLW0603 - one service per operator process
+    global _service
     _service = Service(options)
 
 
 def current() -> Service:
     """The process's service (configured with defaults if ``configure`` was not called)."""
-    global _service  # noqa: PLW0603
+    global _service
     if _service is None:
         _service = Service(Options())
     return _service

@@ -18,9 +18,11 @@ what batching buys.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -30,11 +32,14 @@ from hush.api import common, privacybudget
 from hush.api import ledger as wire
 from hush.kube import client
 from hush.ledger import book, limits
+from hush.observability import metrics
 from hush.reconcile import privacybudget as budget_status
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH = 512
+# Operations per group commit. HUSH_LEDGER_MAX_BATCH=1 gives one write per charge: the
+# baseline that `make bench` compares group commit against.
+MAX_BATCH = int(os.environ.get("HUSH_LEDGER_MAX_BATCH", "512"))
 MAX_CONFLICT_RETRIES = 20
 
 Operation = Callable[[book.Book, datetime.datetime], book.Outcome]
@@ -128,10 +133,8 @@ class BudgetWriter:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         for pending in self._queue:
             if not pending.future.done():
@@ -165,7 +168,7 @@ class BudgetWriter:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 try:
                     outcomes = await self._commit(batch)
-                except Exception as error:  # noqa: BLE001 - every waiter must get an answer
+                except Exception as error:
                     failure = (
                         error
                         if isinstance(error, BudgetUnavailableError)
@@ -198,12 +201,16 @@ class BudgetWriter:
                 written = await self._store.write_status(body)
             except client.ConflictError:
                 self.conflicts += 1
+                metrics.STATUS_WRITES.labels(self._namespace, self._name, "conflict").inc()
                 self._cached = None
                 continue
             except client.ObjectGoneError as error:
                 self._cached = None
                 raise BudgetUnavailableError(str(error), status=404) from error
             self.writes += 1
+            metrics.STATUS_WRITES.labels(self._namespace, self._name, "written").inc()
+            metrics.BATCH_SIZE.observe(len(batch))
+            _publish_gauges(self._namespace, self._name, written)
             self._cached = written
             if self._on_written is not None:
                 await self._on_written(current, written)
@@ -262,6 +269,22 @@ class BudgetWriter:
             "status": new_status.model_dump(mode="json", by_alias=True, exclude_none=True),
         }
         return body, outcomes
+
+
+def _publish_gauges(namespace: str, name: str, written: Mapping[str, Any]) -> None:
+    status = written.get("status") or {}
+    sections = [("", status.get("epsilon") or {})]
+    sections += [
+        (team.get("team", ""), team.get("epsilon") or {}) for team in status.get("teams", [])
+    ]
+    for team, section in sections:
+        try:
+            spent = float(section.get("spent", "nan"))
+            remaining = float(section.get("remaining", "nan"))
+        except ValueError:
+            continue
+        metrics.EPSILON_SPENT.labels(namespace, name, team).set(spent)
+        metrics.EPSILON_REMAINING.labels(namespace, name, team).set(remaining)
 
 
 class WriterRegistry:

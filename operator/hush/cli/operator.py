@@ -43,6 +43,9 @@ def register(commands: Any) -> None:
         default="hush-accountant",
         help="Audience that sidecars' projected ServiceAccount tokens must be bound to.",
     )
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port."
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="Log at debug level.")
     parser.set_defaults(handler=run)
 
@@ -69,6 +72,10 @@ def run(arguments: argparse.Namespace) -> int:
         level=logging.DEBUG if arguments.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
     )
+    if arguments.metrics_port is not None:
+        from hush.observability import metrics
+
+        metrics.serve(arguments.metrics_port)
     namespaces: list[str] = arguments.namespace
     kopf.run(
         clusterwide=not namespaces,

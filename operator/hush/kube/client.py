@@ -25,6 +25,14 @@ def api_client() -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient()
 
 
+def _as_dict(value: object) -> dict[str, Any]:
+    """A client model or dict as the plain JSON-shaped dict the API sent."""
+    serialised = api_client().sanitize_for_serialization(value)  # type: ignore[no-untyped-call]
+    if not isinstance(serialised, dict):
+        raise TypeError(f"expected an object, got {type(serialised).__name__}")
+    return serialised
+
+
 class ObjectGoneError(Exception):
     """The object was deleted before the write reached it."""
 
@@ -60,9 +68,7 @@ def read_custom(
     """One namespaced custom object as a dict, or None when it does not exist."""
     api = kubernetes.client.CustomObjectsApi(api_client())
     try:
-        found: dict[str, Any] = api.get_namespaced_custom_object(
-            group, version, namespace, plural, name
-        )
+        found = _as_dict(api.get_namespaced_custom_object(group, version, namespace, plural, name))
     except exceptions.ApiException as error:
         if error.status == 404:
             return None
@@ -76,8 +82,10 @@ def replace_custom_status(
     """PUT the status subresource; ``body.metadata.resourceVersion`` makes it a CAS write."""
     api = kubernetes.client.CustomObjectsApi(api_client())
     try:
-        written: dict[str, Any] = api.replace_namespaced_custom_object_status(
-            group, version, namespace, plural, name, body
+        written = _as_dict(
+            api.replace_namespaced_custom_object_status(
+                group, version, namespace, plural, name, body
+            )
         )
     except exceptions.ApiException as error:
         if error.status == 409:
@@ -92,14 +100,11 @@ def review_token(token: str, audiences: list[str]) -> dict[str, Any]:
     """The TokenReview status for ``token`` (authenticated, user, audiences, error)."""
     api = kubernetes.client.AuthenticationV1Api(api_client())
     review = api.create_token_review(
-        {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenReview",
-            "spec": {"token": token, "audiences": audiences},
-        }
+        kubernetes.client.V1TokenReview(
+            spec=kubernetes.client.V1TokenReviewSpec(token=token, audiences=audiences)
+        )
     )
-    status: dict[str, Any] = api_client().sanitize_for_serialization(review.status) or {}
-    return status
+    return _as_dict(review.status) if review.status is not None else {}
 
 
 def read_pod(namespace: str, name: str) -> dict[str, Any] | None:
@@ -110,5 +115,4 @@ def read_pod(namespace: str, name: str) -> dict[str, Any] | None:
         if error.status == 404:
             return None
         raise
-    found: dict[str, Any] = api_client().sanitize_for_serialization(pod)
-    return found
+    return _as_dict(pod)

@@ -46,6 +46,7 @@ OutcomeCode = Literal[
     "already-released",
     "wrong-team",
     "too-many-reservations",
+    "under-noised",
 ]
 
 
@@ -192,7 +193,10 @@ class Book:
                 message=f"{wire.MAX_RESERVATIONS} reservations are open; commit or release "
                 "some before reserving more",
             )
-        cost = self._accountant.release_cost(request.release)
+        try:
+            cost = self._accountant.release_cost(request.release)
+        except accounting.UnderNoisedError as error:
+            return Outcome(code="under-noised", ok=False, message=str(error))
         accountant = self._accountant
         new_team_spent = accountant.add(self.team_spent(team), cost)
         new_spent = accountant.add(self._spent, cost)

@@ -105,7 +105,7 @@ def verify(ledger: wire.Ledger) -> list[Problem]:
                 Problem(
                     where,
                     f"expected sequence {expected_sequence}: an entry is missing or out of order",
-                )  # fmt: skip
+                )
             )
         if entry.previous_hash != expected_previous:
             problems.append(
@@ -123,7 +123,7 @@ def verify(ledger: wire.Ledger) -> list[Problem]:
         problems.append(
             Problem(
                 "ledger", f"sequence is {ledger.sequence}, entries end at {expected_sequence - 1}"
-            )  # fmt: skip
+            )
         )
     if ledger.head_hash != expected_previous:
         problems.append(Problem("ledger", "headHash is not the hash of the newest entry"))

@@ -6,6 +6,8 @@ Capacities round down (``Accountant.capacity``), so a budget of 1.0 never admits
 
 from __future__ import annotations
 
+import decimal
+
 from hush.api import privacybudget
 from hush.ledger import book
 from hush.privacy import accounting, amounts
@@ -30,7 +32,7 @@ def limits_for(spec: privacybudget.PrivacyBudgetSpec) -> book.Limits:
 
 def _team_delta(
     spec: privacybudget.PrivacyBudgetSpec, quota: privacybudget.TeamQuota
-) -> amounts.decimal.Decimal:
+) -> decimal.Decimal:
     # zcdp and rdp convert a team's spending to epsilon at some delta: the team's own delta
     # when it has one, else the dataset's (a team without a delta share would otherwise
     # have no usable capacity at all under those modes).

@@ -1,0 +1,176 @@
+"""Benchmark the accountant against a real apiserver: charges/s and latency, status size.
+
+Usage: bench/bench_accountant.py --kubeconfig PATH [--charges N] [--clients 1,10,50]
+(`make bench` runs it on its own local cluster). For each configuration it starts the
+operator as a host process, creates a fresh namespace with a budget, a policy and a pod
+token, fires charges from concurrent clients and prints one table row. The baseline is the
+same accountant with group commit disabled (HUSH_LEDGER_MAX_BATCH=1: one status write per
+charge), measured in the same run, so the rows can be read as ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+
+import aiohttp
+from kubernetes import client, config
+
+from hush.api import ledger as wire
+from hush.ledger import chain
+from test_accountant import _policy, _sidecar_pod_token
+
+import hush_resources
+import operator_process
+
+
+def _budget(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "hush.dev/v1alpha1",
+        "kind": "PrivacyBudget",
+        "metadata": {"name": name},
+        "spec": {
+            "dataset": name,
+            "epsilon": 1_000_000,
+            "quotas": [{"team": "analytics", "epsilon": 1_000_000}],
+        },
+    }
+
+
+async def _fire(url: str, cert: Path, token: str, clients: int, charges: int) -> list[float]:
+    context = operator_process.client_ssl_context(cert)
+    latencies: list[float] = []
+    per_client = charges // clients
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=context, limit=clients + 4),
+        timeout=aiohttp.ClientTimeout(total=600),
+    ) as session:
+
+        async def one(index: int) -> None:
+            for number in range(per_client):
+                body = {
+                    "requestId": f"b{index}-{number}-{secrets.token_hex(3)}",
+                    "policy": "bench",
+                    "route": "/count",
+                    "mechanism": "laplace",
+                    "epsilon": "0.001",
+                    "delta": "0",
+                    "sensitivity": "1",
+                    "scale": "1000",
+                }
+                started = time.perf_counter()
+                async with session.post(
+                    f"{url}/v1/charge", json=body, headers={"Authorization": f"Bearer {token}"}
+                ) as reply:
+                    await reply.read()
+                    if reply.status != 200:
+                        raise RuntimeError(f"charge refused: {reply.status}")
+                latencies.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(one(index) for index in range(clients)))
+    return latencies
+
+
+def run(
+    kubeconfig: Path, clients: int, charges: int, max_batch: int, workdir: Path
+) -> dict[str, Any]:
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    hush_resources.install_crds(api)
+    namespace = f"hush-bench-{secrets.token_hex(3)}"
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    try:
+        import waiting
+
+        waiting.wait_for(
+            lambda: core.list_namespaced_service_account(namespace).items,
+            timeout=60,
+            description="default ServiceAccount",
+        )
+        hush_resources.create(api, namespace, _budget("bench"))
+        policy = _policy("bench", "bench")
+        hush_resources.create(api, namespace, policy)
+        token = _sidecar_pod_token(api, namespace, "bench")
+        cert, key = operator_process.write_self_signed_certificate(workdir)
+        port = operator_process.free_port()
+        os.environ["HUSH_LEDGER_MAX_BATCH"] = str(max_batch)
+        with operator_process.running_operator(
+            kubeconfig,
+            workdir / f"operator-{clients}-{max_batch}.log",
+            f"--accountant-port={port}",
+            "--accountant-host=127.0.0.1",
+            f"--accountant-tls-cert={cert}",
+            f"--accountant-tls-key={key}",
+        ):
+            hush_resources.wait_for_condition(
+                api, namespace, "PrivacyBudget", "bench", status="True", timeout=60
+            )
+            started = time.perf_counter()
+            latencies = asyncio.run(
+                _fire(f"https://127.0.0.1:{port}", cert, token, clients, charges)
+            )
+            elapsed = time.perf_counter() - started
+        budget = hush_resources.get(api, namespace, "PrivacyBudget", "bench")
+        ledger = wire.Ledger.model_validate(budget["status"]["ledger"])
+        quantiles = statistics.quantiles(latencies, n=100)
+        return {
+            "clients": clients,
+            "max_batch": max_batch,
+            "charges": len(latencies),
+            "charges_per_s": len(latencies) / elapsed,
+            "p50_ms": quantiles[49] * 1000,
+            "p99_ms": quantiles[98] * 1000,
+            "status_bytes": len(json.dumps(budget)),
+            "ledger_sequence": ledger.sequence,
+            "verifies": not chain.verify(ledger),
+        }
+    finally:
+        os.environ.pop("HUSH_LEDGER_MAX_BATCH", None)
+        core.delete_namespace(namespace)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument("--charges", type=int, default=3000)
+    parser.add_argument("--clients", default="1,10,50")
+    parser.add_argument("--size-charges", type=int, default=100_000)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/hush-bench"))  # noqa: S108
+    arguments = parser.parse_args()
+    arguments.workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for clients in [int(value) for value in arguments.clients.split(",")]:
+        charges = arguments.charges if clients > 1 else max(arguments.charges // 5, 200)
+        rows.append(run(arguments.kubeconfig, clients, charges, 1, arguments.workdir))
+        rows.append(run(arguments.kubeconfig, clients, charges, 512, arguments.workdir))
+    if arguments.size_charges:
+        rows.append(run(arguments.kubeconfig, 50, arguments.size_charges, 512, arguments.workdir))
+    header = "clients  batch  charges  charges/s  p50 ms  p99 ms  status bytes  verifies"
+    print(header)
+    for row in rows:
+        print(
+            f"{row['clients']:>7}  {row['max_batch']:>5}  {row['charges']:>7}  "
+            f"{row['charges_per_s']:>9.0f}  {row['p50_ms']:>6.1f}  {row['p99_ms']:>6.1f}  "
+            f"{row['status_bytes']:>12}  {row['verifies']}"
+        )
+    print("ratio (group commit / one write per charge), charges/s:")
+    for baseline, grouped in zip(rows[0:-1:2], rows[1::2], strict=False):
+        print(
+            f"  {grouped['clients']:>3} clients: "
+            f"{grouped['charges_per_s'] / baseline['charges_per_s']:.1f}x"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

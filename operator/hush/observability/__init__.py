@@ -1,0 +1,1 @@
+"""Metrics and structured logs. Nothing here may ever see a query answer."""

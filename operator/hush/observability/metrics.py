@@ -1,0 +1,50 @@
+"""Prometheus metrics of the operator and its accountant.
+
+Labels are bounded: budget (namespace/name), team, outcome code. Never a request id, pod
+name or value: those would make series unbounded or leak data.
+"""
+
+from __future__ import annotations
+
+import prometheus_client
+
+CHARGES = prometheus_client.Counter(
+    "hush_accountant_charges",
+    "Spend operations answered by the accountant, by outcome.",
+    ["namespace", "budget", "team", "action", "outcome"],
+)
+EPSILON_CHARGED = prometheus_client.Counter(
+    "hush_accountant_epsilon_charged",
+    "Epsilon declared by granted charges (reserve and charge), before any refund.",
+    ["namespace", "budget", "team"],
+)
+CHARGE_LATENCY = prometheus_client.Histogram(
+    "hush_accountant_charge_seconds",
+    "Time from receiving a spend request to answering it (includes the durable write).",
+    ["action"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+STATUS_WRITES = prometheus_client.Counter(
+    "hush_ledger_status_writes",
+    "Compare-and-swap writes of PrivacyBudget status, by result.",
+    ["namespace", "budget", "result"],
+)
+BATCH_SIZE = prometheus_client.Histogram(
+    "hush_ledger_batch_operations",
+    "Operations group-committed by one status write.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 512),
+)
+EPSILON_SPENT = prometheus_client.Gauge(
+    "hush_budget_epsilon_spent",
+    "Epsilon spent (rounded up) per budget and team; team '' is the dataset total.",
+    ["namespace", "budget", "team"],
+)
+EPSILON_REMAINING = prometheus_client.Gauge(
+    "hush_budget_epsilon_remaining",
+    "Epsilon remaining per budget and team; team '' is the dataset total.",
+    ["namespace", "budget", "team"],
+)
+
+
+def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped in-cluster
+    prometheus_client.start_http_server(port, addr=address)
