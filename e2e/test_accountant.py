@@ -352,3 +352,37 @@ def test_ledger_verify_detects_an_edited_entry(
     exported = hush_ledger("export")
     lines = [json.loads(line) for line in exported.stdout.splitlines()]
     assert [line["sequence"] for line in lines] == [1, 2, 3, 4, 5]
+
+
+def test_spent_budgets_cannot_be_lowered_below_spending_or_change_mode(
+    api_client: client.ApiClient, namespace: str, accountant: dict[str, Any]
+) -> None:
+    token = _setup(api_client, namespace, team_epsilon=1.0)
+    # Before any charge, the accounting mode may still change.
+    hush_resources.patch_spec(api_client, namespace, "PrivacyBudget", "survey", {"delta": 1e-6})
+
+    async def charge(count: int) -> None:
+        async with _session(accountant) as session:
+            for number in range(count):
+                status, body = await _post(
+                    session, f"{accountant['url']}/v1/charge", token, _spend_body(f"m{number}")
+                )
+                assert status == 200, body
+
+    asyncio.run(charge(3))
+    refusals = {
+        "accounting": {"accounting": "zcdp"},
+        "epsilon": {"epsilon": 0.002, "quotas": [{"team": "analytics", "epsilon": 0.002}]},
+        "delta": {"delta": 1e-7},
+    }
+    messages = {}
+    for name, change in refusals.items():
+        with pytest.raises(client.ApiException) as refused:
+            hush_resources.patch_spec(api_client, namespace, "PrivacyBudget", "survey", change)
+        assert refused.value.status == 422
+        messages[name] = json.loads(refused.value.body)["message"]
+    assert "spec.accounting cannot change after the first charge" in messages["accounting"]
+    assert "cannot be lowered below the epsilon already spent" in messages["epsilon"]
+    assert "spec.delta cannot be lowered after the first charge" in messages["delta"]
+    # Raising the total is fine.
+    hush_resources.patch_spec(api_client, namespace, "PrivacyBudget", "survey", {"epsilon": 20.0})

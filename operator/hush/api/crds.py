@@ -32,6 +32,7 @@ class ResourceKind:
     status_model: type[pydantic.BaseModel]
     description: str
     printer_columns: tuple[Manifest, ...]
+    root_rules: tuple[tuple[str, str], ...] = ()
 
     @property
     def crd_name(self) -> str:
@@ -57,6 +58,30 @@ PRIVACY_BUDGET = ResourceKind(
     description=(
         "The differential-privacy budget of one protected dataset, carved into team quotas. "
         "Every charge must fit both its team's quota and the dataset's total."
+    ),
+    # Transition rules: once something is spent, the totals may not be lowered below it and
+    # the accounting mode may not change (the spent units would change meaning). On an
+    # update of the main resource the apiserver keeps the stored status in `self`, so these
+    # rules see what is spent. Status writes leave spec unchanged and pass trivially.
+    root_rules=(
+        (
+            "!has(self.status) || !has(self.status.ledger) || self.status.ledger.sequence == 0"
+            " || self.spec.accounting == oldSelf.spec.accounting",
+            "spec.accounting cannot change after the first charge: the ledger's amounts are "
+            "in the units of the old mode; create a new PrivacyBudget instead",
+        ),
+        (
+            "self.spec.epsilon >= oldSelf.spec.epsilon || !has(self.status)"
+            " || !has(self.status.ledger)"
+            " || self.spec.epsilon >= self.status.ledger.epsilonSpent",
+            "spec.epsilon cannot be lowered below the epsilon already spent "
+            "(status.ledger.epsilonSpent)",
+        ),
+        (
+            "self.spec.delta >= oldSelf.spec.delta || !has(self.status)"
+            " || !has(self.status.ledger) || self.status.ledger.sequence == 0",
+            "spec.delta cannot be lowered after the first charge",
+        ),
     ),
     printer_columns=(
         _column("Dataset", ".spec.dataset"),
@@ -107,6 +132,10 @@ def build_crd(resource: ResourceKind) -> Manifest:
             "status": schema.structural_schema(resource.status_model),
         },
     }
+    if resource.root_rules:
+        open_api_schema["x-kubernetes-validations"] = [
+            {"rule": rule, "message": message} for rule, message in resource.root_rules
+        ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -168,7 +168,7 @@ class TeamSpend(common.ResourceModel):
 
     team: str = pydantic.Field(max_length=63)
     epsilon: Spend
-    delta: Spend
+    delta: Spend | None = pydantic.Field(default=None, description="Pure accounting only.")
 
 
 class PrivacyBudgetStatus(common.ResourceModel):
@@ -180,7 +180,16 @@ class PrivacyBudgetStatus(common.ResourceModel):
         default="Pending", description="One-word summary for kubectl get."
     )
     epsilon: Spend | None = pydantic.Field(default=None, description="The dataset's epsilon.")
-    delta: Spend | None = pydantic.Field(default=None, description="The dataset's delta.")
+    delta: Spend | None = pydantic.Field(
+        default=None,
+        description="The dataset's delta (pure accounting; zcdp and rdp spend epsilon at a "
+        "fixed delta).",
+    )
+    lifetime_epsilon_spent: str | None = pydantic.Field(
+        default=None,
+        max_length=64,
+        description="Epsilon spent over every renewal window (shown for calendar renewal).",
+    )
     teams: list[TeamSpend] = pydantic.Field(
         default_factory=list, max_length=64, json_schema_extra=common.list_map("team")
     )

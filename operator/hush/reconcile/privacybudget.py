@@ -108,6 +108,15 @@ def _spend(total: decimal.Decimal, spent: decimal.Decimal) -> privacybudget.Spen
     )
 
 
+def _delta_spend(
+    accountant: accounting.Accountant, total: decimal.Decimal, spent: accounting.Cost
+) -> privacybudget.Spend | None:
+    """Delta spent is meaningful under pure accounting only (zcdp and rdp fix delta)."""
+    if not isinstance(accountant, accounting.PureAccountant):
+        return None
+    return _spend(total, accountant.delta_spent(spent))
+
+
 def _team_delta(
     spec: privacybudget.PrivacyBudgetSpec, quota: privacybudget.TeamQuota
 ) -> decimal.Decimal:
@@ -234,9 +243,7 @@ def evaluate(
             privacybudget.TeamSpend(
                 team=quota.team,
                 epsilon=_spend(amounts.exact(quota.epsilon), team_spent),
-                delta=privacybudget.Spend(
-                    total=amounts.display(amounts.exact(quota.delta)), spent="", remaining=""
-                ),
+                delta=_delta_spend(accountant, amounts.exact(quota.delta), units),
             )
         )
     return privacybudget.PrivacyBudgetStatus(
@@ -244,7 +251,7 @@ def evaluate(
         conditions=updated,
         state=state,
         epsilon=_spend(total_epsilon, spent_epsilon),
-        delta=privacybudget.Spend(total=amounts.display(total_delta), spent="", remaining=""),
+        delta=_delta_spend(accountant, total_delta, spent_units),
         teams=teams,
         team_count=len(teams),
         ledger=ledger,
