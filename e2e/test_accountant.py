@@ -22,6 +22,7 @@ from hush.ledger import chain
 
 import hush_resources
 import operator_process
+import waiting
 
 AUDIENCE = "hush-accountant"
 ROUTE = "/count"
@@ -386,3 +387,47 @@ def test_spent_budgets_cannot_be_lowered_below_spending_or_change_mode(
     assert "spec.delta cannot be lowered after the first charge" in messages["delta"]
     # Raising the total is fine.
     hush_resources.patch_spec(api_client, namespace, "PrivacyBudget", "survey", {"epsilon": 20.0})
+
+
+def test_calendar_renewal_refills_each_window_and_keeps_the_lifetime_loss(
+    api_client: client.ApiClient, namespace: str, accountant: dict[str, Any]
+) -> None:
+    budget = _budget("daily", 0.002)
+    budget["spec"]["renewal"] = {
+        "policy": "calendar",
+        "period": "8s",
+        "acknowledgeUnboundedLoss": True,
+    }
+    hush_resources.create(api_client, namespace, budget)
+    hush_resources.create(api_client, namespace, _policy("daily", "daily"))
+    hush_resources.wait_for_condition(
+        api_client, namespace, "PrivacyBudget", "daily", status="True", reason="Accepted"
+    )
+    token = _sidecar_pod_token(api_client, namespace, "daily")
+    counter = iter(range(1_000_000))
+
+    async def charge() -> int:
+        async with _session(accountant) as session:
+            status, _ = await _post(
+                session,
+                f"{accountant['url']}/v1/charge",
+                token,
+                _spend_body(f"d{next(counter)}", policy="daily"),
+            )
+            return status
+
+    def window_is_exhausted() -> bool:
+        return asyncio.run(charge()) == 429
+
+    # Spend the window, then wait (bounded) for the next window to refill it.
+    waiting.wait_for(window_is_exhausted, timeout=30, interval=0.2, description="exhaustion")
+    waiting.wait_for(
+        lambda: asyncio.run(charge()) == 200, timeout=30, interval=0.5, description="renewal"
+    )
+    status = hush_resources.get(api_client, namespace, "PrivacyBudget", "daily")["status"]
+    assert Decimal(status["lifetimeEpsilonSpent"]) >= Decimal("0.003")
+    assert status["ledger"]["window"] >= 1
+    warning = hush_resources.condition({"status": status}, "UnboundedLifetimeLoss")
+    assert warning is not None
+    assert "spent over all windows so far" in warning["message"]
+    assert chain.verify(wire.Ledger.model_validate(status["ledger"])) == []

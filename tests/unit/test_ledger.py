@@ -194,3 +194,39 @@ def test_no_sequence_of_charges_exceeds_the_quota(
         if working.charge(_request(f"h{number}", epsilon=str(epsilon)), NOW).ok:
             granted += epsilon
     assert granted <= quota
+
+
+def test_renewal_refunds_each_window_but_keeps_lifetime_and_open_reservations() -> None:
+    working = book.Book(wire.Ledger(), _limits(team_epsilon=0.3))
+    for number in range(3):
+        assert working.charge(_request(f"w0-{number}"), NOW).ok
+    assert working.reserve(_request("open"), NOW).code == "exhausted"  # window 0 is full
+    working.renew(1, NOW)
+    assert working.reserve(_request("open"), NOW).ok
+    working.renew(2, NOW)
+    # The open reservation carried over into window 2: two more fit, not three.
+    assert working.charge(_request("w2-a"), NOW).ok
+    assert working.charge(_request("w2-b"), NOW).ok
+    assert not working.charge(_request("w2-c"), NOW).ok
+    snapshot = working.snapshot()
+    assert snapshot.window == 2
+    assert chain.verify(snapshot) == []
+    lifetime = working.lifetime_spent
+    assert _limits().accountant.epsilon_spent(lifetime, decimal.Decimal(0)) == decimal.Decimal(
+        "0.6"
+    )
+    working.renew(1, NOW)  # never backwards
+    assert working.window == 2
+
+
+def test_windows() -> None:
+    from hush.ledger import windows
+
+    assert windows.parse_duration("1h30m") == datetime.timedelta(minutes=90)
+    assert windows.parse_duration("500ms") == datetime.timedelta(milliseconds=500)
+    with pytest.raises(ValueError, match="positive duration"):
+        windows.parse_duration("forever")
+    created = windows.parse_timestamp("2026-11-01T00:00:00Z")
+    day = datetime.timedelta(days=1)
+    assert windows.window_index(created, created, day) == 0
+    assert windows.window_index(created, created + day * 3.5, day) == 3

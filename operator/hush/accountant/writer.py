@@ -31,7 +31,7 @@ import pydantic
 from hush.api import common, privacybudget
 from hush.api import ledger as wire
 from hush.kube import client
-from hush.ledger import book, limits
+from hush.ledger import book, limits, windows
 from hush.observability import metrics
 from hush.reconcile import privacybudget as budget_status
 
@@ -236,6 +236,17 @@ class BudgetWriter:
         accepted = not budget_status.spec_problems(spec)
         mode_changed = ledger.sequence > 0 and ledger.accounting not in ("", spec.accounting)
         working = book.Book(ledger, limits.limits_for(spec))
+        if spec.renewal.policy != "none" and spec.renewal.period and accepted:
+            created = current["metadata"].get("creationTimestamp")
+            if created:
+                working.renew(
+                    windows.window_index(
+                        windows.parse_timestamp(created),
+                        now,
+                        windows.parse_duration(spec.renewal.period),
+                    ),
+                    now,
+                )
         outcomes: list[book.Outcome | None] = []
         for pending in batch:
             if pending.operation is None:

@@ -26,7 +26,7 @@ MAX_RESERVATIONS = 128
 MAX_RECENT_REQUESTS = 160
 MAX_CONSUMER_TOTALS = 64
 
-Action = Literal["reserve", "commit", "release", "charge"]
+Action = Literal["reserve", "commit", "release", "charge", "renew"]
 RequestState = Literal["reserved", "committed", "released"]
 
 _ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
@@ -118,6 +118,14 @@ class Ledger(common.ResourceModel):
     """The budget's ledger: running totals, open reservations, newest entries, checkpoint."""
 
     accounting: str = pydantic.Field(default="", max_length=8)
+    window: int = pydantic.Field(
+        default=0, ge=0, description="Renewal window the spent amounts belong to."
+    )
+    lifetime_spent: list[int] = pydantic.Field(
+        default_factory=list,
+        max_length=64,
+        description="Cost over every renewal window (spent only resets per window).",
+    )
     sequence: int = pydantic.Field(default=0, ge=0, description="Sequence of the newest entry.")
     head_hash: str = pydantic.Field(default="0" * 64, max_length=64)
     spent: list[int] = _units()

@@ -104,6 +104,8 @@ class Book:
         )
         self._entries = list(ledger.entries)
         self._checkpoint = ledger.checkpoint
+        self._window = ledger.window
+        self._lifetime = self._accountant.from_json(list(ledger.lifetime_spent))
 
     # -- queries -------------------------------------------------------------------------
 
@@ -137,6 +139,42 @@ class Book:
         """Cancel a reservation whose answer was never released: the cost is refunded."""
         return self._close(request_id, team, now, action="release")
 
+    @property
+    def window(self) -> int:
+        return self._window
+
+    @property
+    def lifetime_spent(self) -> accounting.Cost:
+        return self._lifetime
+
+    def renew(self, window: int, now: datetime.datetime) -> None:
+        """Start renewal window ``window``: each team's spending so far is refunded by a
+        ``renew`` entry, except open reservations, which carry over (they may still be
+        released, and until then they count). Lifetime totals keep everything."""
+        if window <= self._window:
+            return
+        open_by_team: dict[str, accounting.Cost] = {}
+        for reservation in self._reservations.values():
+            team = reservation.consumer.team
+            open_by_team[team] = self._accountant.add(
+                open_by_team.get(team, self._accountant.zero()),
+                self._accountant.from_json(list(reservation.cost)),
+            )
+        for team, spent in sorted(self._team_spent.items()):
+            refund = self._subtract(spent, open_by_team.get(team, self._accountant.zero()))
+            if not any(self._accountant.to_json(refund)):
+                continue
+            self._append(
+                now=now,
+                action="renew",
+                request_id=f"renew-{window}-{team}",
+                consumer=wire.Consumer(namespace="", policy="", team=team),
+                cost=self._accountant.to_json(refund),
+            )
+            self._team_spent[team] = self._subtract(spent, refund)
+            self._spent = self._subtract(self._spent, refund)
+        self._window = window
+
     def snapshot(self) -> wire.Ledger:
         """The ledger to write back, compacted so that status stays bounded."""
         if len(self._entries) > wire.MAX_ENTRIES - COMPACTION_SLACK:
@@ -144,6 +182,8 @@ class Book:
         accountant = self._accountant
         return wire.Ledger(
             accounting=accountant.mode,
+            window=self._window,
+            lifetime_spent=accountant.to_json(self._lifetime),
             sequence=self._sequence,
             head_hash=self._head_hash,
             spent=accountant.to_json(self._spent),
@@ -226,6 +266,7 @@ class Book:
         )
         self._spent = new_spent
         self._team_spent[team] = new_team_spent
+        self._lifetime = accountant.add(self._lifetime, cost)
         if action == "reserve":
             self._reservations[request.request_id] = wire.Reservation(
                 request_id=request.request_id,
@@ -288,6 +329,7 @@ class Book:
         if action == "release":
             self._spent = self._subtract(self._spent, cost)
             self._team_spent[team] = self._subtract(self.team_spent(team), cost)
+            self._lifetime = self._subtract(self._lifetime, cost)
         del self._reservations[request_id]
         self._remember(request_id, "committed" if action == "commit" else "released", entry)
         return Outcome(

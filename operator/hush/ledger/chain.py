@@ -41,10 +41,12 @@ def checkpoint_hash(checkpoint: wire.Checkpoint) -> str:
 
 
 def signed_cost(entry: wire.Entry) -> list[int]:
-    """What the entry adds to ``spent``: reserve and charge add, release refunds."""
+    """What the entry adds to ``spent``: reserve and charge add; release refunds; renew
+    resets a team's window (its cost is what the window had spent, minus open reservations,
+    which carry over)."""
     if entry.action in ("reserve", "charge"):
         return list(entry.cost)
-    if entry.action == "release":
+    if entry.action in ("release", "renew"):
         return [-unit for unit in entry.cost]
     return [0] * len(entry.cost)
 

@@ -218,6 +218,12 @@ def evaluate(
         )
     else:
         updated = condition(updated, NEAR_EXHAUSTION, "False", "BelowAlertThresholds", "")
+    lifetime_epsilon: decimal.Decimal | None = None
+    if parsed.renewal.policy != "none":
+        lifetime_units = (
+            accountant.from_json(list(ledger.lifetime_spent)) if ledger else accountant.zero()
+        )
+        lifetime_epsilon = accountant.epsilon_spent(lifetime_units, total_delta)
     if parsed.renewal.policy == "calendar":
         updated = condition(
             updated,
@@ -225,7 +231,9 @@ def evaluate(
             "True",
             "CalendarRenewal",
             f"The budget resets every {parsed.renewal.period} on the same data: the lifetime "
-            "privacy loss grows without bound. Prefer renewal.policy perDataBlock",
+            "privacy loss grows without bound (spent over all windows so far: epsilon "
+            f"{amounts.display(lifetime_epsilon or decimal.Decimal(0))}). Prefer "
+            "renewal.policy perDataBlock",
         )
 
     if state == "Ready":
@@ -254,5 +262,8 @@ def evaluate(
         delta=_delta_spend(accountant, total_delta, spent_units),
         teams=teams,
         team_count=len(teams),
+        lifetime_epsilon_spent=(
+            amounts.display(lifetime_epsilon) if lifetime_epsilon is not None else None
+        ),
         ledger=ledger,
     )
