@@ -202,6 +202,20 @@ def test_concurrent_charges_never_exceed_the_quota(
     size = len(json.dumps(budget))
     assert size < 64 * 1024, f"PrivacyBudget is {size} bytes"
 
+    def alert_messages() -> list[str]:
+        events = client.CoreV1Api(api_client).list_namespaced_event(
+            namespace, field_selector="involvedObject.name=survey"
+        )
+        return [event.message for event in events.items if event.reason == "NearExhaustion"]
+
+    # Alerts at 80% and 95% of the team's quota (the dataset itself is at 40%).
+    messages = waiting.wait_for(
+        lambda: (found := alert_messages()) and len(found) >= 2 and found,
+        timeout=30,
+        description="NearExhaustion Events",
+    )
+    assert all("Team analytics spent" in message for message in messages), messages
+
 
 def test_reserve_commit_release_and_idempotent_retries(
     api_client: client.ApiClient, namespace: str, accountant: dict[str, Any]

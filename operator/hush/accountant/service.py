@@ -3,6 +3,12 @@
 The operator's kopf handlers and the HTTPS server share one ``WriterRegistry``, so every
 write to a PrivacyBudget's status, whether a charge or a spec change, goes through the
 same per-budget queue and compare-and-swap.
+
+With leader election (``Options.leader_election``), the ``leadership.Elector`` is the one
+source of truth for "may this replica spend": the server asks it on every request (503
+"standby" and a 503 ``/readyz`` otherwise) and the writers ask it before every batch; when
+leadership is lost, queued spends are failed at once. Reconciliation (refreshes) runs in
+every replica regardless: see docs/design/0008-leader-election.md.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hush.accountant import server, writer
+from hush.accountant import alerts, leadership, server, writer
 from hush.api import common
 from hush.kube import client
 
@@ -34,6 +40,7 @@ class Options:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     audience: str = server.AUDIENCE
+    leader_election: leadership.Settings | None = None  # None: always the active accountant
 
 
 class KubeCluster:
@@ -56,22 +63,63 @@ class KubeCluster:
         )
 
 
+async def _post_alerts(before: dict[str, Any], after: dict[str, Any]) -> None:
+    """Warning Events when a budget crosses an alert threshold or is exhausted."""
+    for alert in alerts.alerts(before.get("status") or {}, after.get("status") or {}):
+        try:
+            await asyncio.to_thread(
+                client.create_event, involved=after, reason=alert.reason, message=alert.message
+            )
+        except Exception:  # an Event is best effort; the charge is already durable
+            logger.exception("Failed to post Event %s", alert.reason)
+        else:
+            logger.warning(
+                "Posted %s Event for PrivacyBudget %s", alert.reason, after["metadata"]["name"]
+            )
+
+
 def _utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+STANDBY_REFUSAL = "This replica is not the active accountant (standby); retry"
+
+
 class Service:
-    """The writer registry plus, when configured, the HTTPS server."""
+    """The writer registry plus, when configured, the leader elector and the HTTPS server."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
-        self.writers = writer.WriterRegistry(writer.KubeBudgetStore(), clock=_utc_now)
+        self.writers = writer.WriterRegistry(
+            writer.KubeBudgetStore(),
+            clock=_utc_now,
+            on_written=_post_alerts,
+            spending_refusal=self._spending_refusal,
+        )
+        self.elector: leadership.Elector | None = None
+        if options.leader_election is not None:
+            self.elector = leadership.Elector(
+                leadership.KubeLeaseStore(timeout=options.leader_election.timing.request_timeout),
+                options.leader_election,
+                on_started_leading=self.writers.forget_cached,
+                on_stopped_leading=lambda: self.writers.fail_queued_spends(STANDBY_REFUSAL),
+            )
         self._runner: web.AppRunner | None = None
 
+    def is_leader(self) -> bool:
+        return self.elector is None or self.elector.is_leader()
+
+    def _spending_refusal(self) -> str | None:
+        return None if self.is_leader() else STANDBY_REFUSAL
+
     async def start(self) -> None:
+        if self.elector is not None:
+            self.elector.start()
         if self.options.port is None:
             return
-        accountant = server.Accountant(KubeCluster(), self.writers, audience=self.options.audience)
+        accountant = server.Accountant(
+            KubeCluster(), self.writers, audience=self.options.audience, is_leader=self.is_leader
+        )
         self._runner = web.AppRunner(accountant.application(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(
@@ -84,10 +132,14 @@ class Service:
         logger.info("Started accountant on %s:%s", self.options.host, self.options.port)
 
     async def stop(self) -> None:
+        # Stop answering, then stop writing, then hand the lease over: a standby takes over
+        # at its next look instead of after the lease expires.
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         await self.writers.stop()
+        if self.elector is not None:
+            await self.elector.stop()
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self.options.tls_cert is None or self.options.tls_key is None:

@@ -13,6 +13,14 @@ fitted may no longer fit), which is exactly what keeps the total under the cap (
 
 Batch size is bounded so that one write stays small and fast; see docs/benchmarks.md for
 what batching buys.
+
+Only the active replica records spends (``leadership``): the registry's ``spending_refusal``
+says why not, when this replica may not, and is checked when an operation is submitted and
+again after each read, before the batch is applied. Queued spends fail with 503 the moment
+leadership is lost (``fail_queued_spends``); refreshes (kopf's reconciliations) still pass,
+since every status write is compare-and-swap whichever replica makes it. A batch whose
+write is already on its way may still land after leadership was lost: it is acknowledged
+only if it won the compare-and-swap, so its answers are as true as any.
 """
 
 from __future__ import annotations
@@ -100,6 +108,10 @@ def parse_ledger(status: Mapping[str, Any]) -> wire.Ledger:
     return wire.Ledger.model_validate(raw)
 
 
+def _always_spend() -> str | None:
+    return None
+
+
 class BudgetWriter:
     """The single in-process writer of one PrivacyBudget's status."""
 
@@ -111,12 +123,14 @@ class BudgetWriter:
         *,
         clock: Callable[[], datetime.datetime],
         on_written: Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]] | None = None,
+        spending_refusal: Callable[[], str | None] = _always_spend,
     ) -> None:
         self._store = store
         self._namespace = namespace
         self._name = name
         self._clock = clock
         self._on_written = on_written
+        self._spending_refusal = spending_refusal
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._cached: dict[str, Any] | None = None
@@ -143,6 +157,9 @@ class BudgetWriter:
 
     async def submit(self, operation: Operation) -> book.Outcome:
         """Apply ``operation`` in the next group commit; return once it is durable."""
+        refusal = self._spending_refusal()
+        if refusal is not None:
+            raise BudgetUnavailableError(refusal)
         outcome = await self._enqueue(operation)
         if outcome is None:  # pragma: no cover - only refreshes resolve to None
             raise BudgetUnavailableError("No outcome")
@@ -152,6 +169,30 @@ class BudgetWriter:
         """Recompute and write the status (after a spec change), through the same queue."""
         self._cached = None
         await self._enqueue(None)
+
+    def fail_queued_spends(self, reason: str) -> None:
+        """Fail every spend still waiting for a batch with 503; refreshes stay queued."""
+        kept: list[_Pending] = []
+        for pending in self._queue:
+            if pending.operation is None:
+                kept.append(pending)
+            elif not pending.future.done():
+                pending.future.set_exception(BudgetUnavailableError(reason))
+        self._queue = kept
+
+    def forget_cached(self) -> None:
+        """Read the budget afresh before the next write (another replica may have written)."""
+        self._cached = None
+
+    def _admitted(self, batch: list[_Pending]) -> list[_Pending]:
+        """``batch`` without its spends, failed with 503, when spending is refused now."""
+        refusal = self._spending_refusal()
+        if refusal is None:
+            return batch
+        for pending in batch:
+            if pending.operation is not None and not pending.future.done():
+                pending.future.set_exception(BudgetUnavailableError(refusal))
+        return [pending for pending in batch if pending.operation is None]
 
     async def _enqueue(self, operation: Operation | None) -> book.Outcome | None:
         self.start()
@@ -167,7 +208,7 @@ class BudgetWriter:
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 try:
-                    outcomes = await self._commit(batch)
+                    resolved = await self._commit(batch)
                 except Exception as error:
                     failure = (
                         error
@@ -180,23 +221,31 @@ class BudgetWriter:
                         if not pending.future.done():
                             pending.future.set_exception(failure)
                     continue
-                for pending, outcome in zip(batch, outcomes, strict=True):
+                for pending, outcome in resolved:
                     if not pending.future.done():
                         pending.future.set_result(outcome)
 
-    async def _commit(self, batch: list[_Pending]) -> list[book.Outcome | None]:
+    async def _commit(self, batch: list[_Pending]) -> list[tuple[_Pending, book.Outcome | None]]:
         for _ in range(MAX_CONFLICT_RETRIES):
+            batch = self._admitted(batch)
+            if not batch:
+                return []
             current = self._cached or await self._store.read(self._namespace, self._name)
             if current is None:
                 raise BudgetUnavailableError(
                     f"PrivacyBudget {self._namespace}/{self._name} does not exist", status=404
                 )
+            # Leadership may have been lost while the read was on its way.
+            batch = self._admitted(batch)
+            if not batch:
+                return []
             body, outcomes = self._apply(current, batch)
+            resolved = list(zip(batch, outcomes, strict=True))
             if all(pending.operation is None for pending in batch) and body["status"] == (
                 current.get("status") or {}
             ):
                 self._cached = current
-                return outcomes  # a refresh that changes nothing is not written
+                return resolved  # a refresh that changes nothing is not written
             try:
                 written = await self._store.write_status(body)
             except client.ConflictError:
@@ -214,7 +263,7 @@ class BudgetWriter:
             self._cached = written
             if self._on_written is not None:
                 await self._on_written(current, written)
-            return outcomes
+            return resolved
         raise BudgetUnavailableError(
             f"PrivacyBudget {self._name} kept changing under {MAX_CONFLICT_RETRIES} writes"
         )
@@ -299,7 +348,11 @@ def _publish_gauges(namespace: str, name: str, written: Mapping[str, Any]) -> No
 
 
 class WriterRegistry:
-    """One writer per budget, created on first use."""
+    """One writer per budget, created on first use.
+
+    ``spending_refusal`` returns why this replica may not record spends now (it is not the
+    active accountant), or None when it may; the default always allows them.
+    """
 
     def __init__(
         self,
@@ -307,19 +360,36 @@ class WriterRegistry:
         *,
         clock: Callable[[], datetime.datetime],
         on_written: Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]] | None = None,
+        spending_refusal: Callable[[], str | None] = _always_spend,
     ) -> None:
         self._store = store
         self._clock = clock
         self._on_written = on_written
+        self._spending_refusal = spending_refusal
         self._writers: dict[tuple[str, str], BudgetWriter] = {}
 
     def writer(self, namespace: str, name: str) -> BudgetWriter:
         key = (namespace, name)
         if key not in self._writers:
             self._writers[key] = BudgetWriter(
-                self._store, namespace, name, clock=self._clock, on_written=self._on_written
+                self._store,
+                namespace,
+                name,
+                clock=self._clock,
+                on_written=self._on_written,
+                spending_refusal=self._spending_refusal,
             )
         return self._writers[key]
+
+    def fail_queued_spends(self, reason: str) -> None:
+        """Leadership was lost: answer every queued spend with 503 now, not after a write."""
+        for writer in self._writers.values():
+            writer.fail_queued_spends(reason)
+
+    def forget_cached(self) -> None:
+        """Leadership was gained: the budgets may have changed under another leader."""
+        for writer in self._writers.values():
+            writer.forget_cached()
 
     async def forget(self, namespace: str, name: str) -> None:
         writer = self._writers.pop((namespace, name), None)

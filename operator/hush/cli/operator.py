@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,27 @@ def register(commands: Any) -> None:
         help="Audience that sidecars' projected ServiceAccount tokens must be bound to.",
     )
     parser.add_argument(
+        "--leader-election",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="Run as one of several replicas: only the holder of a coordination.k8s.io Lease "
+        "accepts spends; the others answer 503 to spends and /readyz until they take over. "
+        "Off by default, so a single process (hush dev, e2e, bench) serves at once; the Helm "
+        "chart turns it on.",
+    )
+    parser.add_argument(
+        "--leader-election-namespace",
+        default=None,
+        metavar="NAMESPACE",
+        help="Namespace of the Lease. Default: $POD_NAMESPACE, else 'default'.",
+    )
+    parser.add_argument(
+        "--leader-election-name",
+        default="hush-operator",
+        metavar="NAME",
+        help="Name of the Lease (default: hush-operator).",
+    )
+    parser.add_argument(
         "--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port."
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="Log at debug level.")
@@ -56,8 +78,17 @@ def run(arguments: argparse.Namespace) -> int:
 
     # Importing the handlers registers them with kopf's default registry.
     from hush import handlers  # noqa: F401
-    from hush.accountant import service
+    from hush.accountant import leadership, service
 
+    election = None
+    if arguments.leader_election:
+        election = leadership.Settings(
+            namespace=arguments.leader_election_namespace
+            or os.environ.get("POD_NAMESPACE")
+            or "default",
+            name=arguments.leader_election_name,
+            identity=leadership.default_identity(),
+        )
     service.configure(
         service.Options(
             port=arguments.accountant_port,
@@ -65,6 +96,7 @@ def run(arguments: argparse.Namespace) -> int:
             tls_cert=arguments.accountant_tls_cert,
             tls_key=arguments.accountant_tls_key,
             audience=arguments.accountant_audience,
+            leader_election=election,
         )
     )
 
@@ -80,8 +112,11 @@ def run(arguments: argparse.Namespace) -> int:
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
-        # One replica for now; leader election arrives with the ledger, which needs a
-        # single writer (see docs/design for the spending protocol).
+        # Standalone in every replica, also with --leader-election: reconciliations are
+        # idempotent, PrivacyBudget status is only written through the accountant's
+        # compare-and-swap writer, and DPPolicy status is derived, so two replicas write
+        # the same thing (docs/design/0008-leader-election.md). kopf peering is not leader
+        # election: replicas of equal priority all freeze (docs.kopf.dev/en/latest/peering).
         standalone=True,
         liveness_endpoint=arguments.liveness,
     )

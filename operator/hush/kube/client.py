@@ -2,8 +2,9 @@
 
 kopf watches and patches the objects it handles; this module covers what kopf does not:
 writing the status of an object other than the one being handled (a DPPolicy when its
-PrivacyBudget changes). Configuration comes from the in-cluster ServiceAccount when
-present, else from ``KUBECONFIG``/``~/.kube/config``, the same way kopf logs in.
+PrivacyBudget changes), the accountant's compare-and-swap writes, and the leader-election
+Lease. Configuration comes from the in-cluster ServiceAccount when present, else from
+``KUBECONFIG``/``~/.kube/config``, the same way kopf logs in.
 """
 
 from __future__ import annotations
@@ -116,3 +117,98 @@ def read_pod(namespace: str, name: str) -> dict[str, Any] | None:
             return None
         raise
     return _as_dict(pod)
+
+
+def create_event(
+    *,
+    involved: dict[str, Any],
+    reason: str,
+    message: str,
+    event_type: str = "Warning",
+    component: str = "hush-operator",
+) -> None:
+    """Record a core/v1 Event about ``involved`` (its apiVersion, kind, metadata)."""
+    import datetime
+    import secrets
+
+    metadata = involved["metadata"]
+    now = datetime.datetime.now(datetime.UTC)
+    api = kubernetes.client.CoreV1Api(api_client())
+    api.create_namespaced_event(
+        metadata["namespace"],
+        kubernetes.client.CoreV1Event(
+            metadata=kubernetes.client.V1ObjectMeta(
+                name=f"{metadata['name']}.{secrets.token_hex(8)}",
+                namespace=metadata["namespace"],
+            ),
+            involved_object=kubernetes.client.V1ObjectReference(
+                api_version=involved["apiVersion"],
+                kind=involved["kind"],
+                name=metadata["name"],
+                namespace=metadata["namespace"],
+                uid=metadata.get("uid"),
+                resource_version=metadata.get("resourceVersion"),
+            ),
+            reason=reason,
+            message=message[:1024],
+            type=event_type,
+            source=kubernetes.client.V1EventSource(component=component),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        ),
+    )
+
+
+# Leases go through the generic (dict in, dict out) custom-objects API rather than the typed
+# CoordinationV1Api: client v37 turns a dict body into a V1Lease model and serialises its
+# MicroTime fields without microseconds, which the apiserver rejects with 400 ("cannot
+# parse ... as .000000"). The generic API sends the body exactly as built.
+_LEASES = ("coordination.k8s.io", "v1")
+
+
+def read_lease(namespace: str, name: str, *, timeout: float) -> dict[str, Any] | None:
+    """The Lease as a dict, or None when it does not exist."""
+    api = kubernetes.client.CustomObjectsApi(api_client())
+    try:
+        found = api.get_namespaced_custom_object(
+            *_LEASES, namespace, "leases", name, _request_timeout=timeout
+        )
+    except exceptions.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return _as_dict(found)
+
+
+def create_lease(namespace: str, body: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+    """Create a Lease; ``ConflictError`` when another replica created it first."""
+    api = kubernetes.client.CustomObjectsApi(api_client())
+    try:
+        created = api.create_namespaced_custom_object(
+            *_LEASES, namespace, "leases", body, _request_timeout=timeout
+        )
+    except exceptions.ApiException as error:
+        if error.status == 409:
+            name = body["metadata"]["name"]
+            raise ConflictError(f"leases/{name} in {namespace} exists") from error
+        raise
+    return _as_dict(created)
+
+
+def replace_lease(
+    namespace: str, name: str, body: dict[str, Any], *, timeout: float
+) -> dict[str, Any]:
+    """PUT a Lease; ``body.metadata.resourceVersion`` makes it a compare-and-swap write."""
+    api = kubernetes.client.CustomObjectsApi(api_client())
+    try:
+        written = api.replace_namespaced_custom_object(
+            *_LEASES, namespace, "leases", name, body, _request_timeout=timeout
+        )
+    except exceptions.ApiException as error:
+        if error.status == 409:
+            raise ConflictError(f"leases/{name} in {namespace} changed") from error
+        if error.status == 404:
+            raise ObjectGoneError(f"leases/{name} in {namespace} no longer exists") from error
+        raise
+    return _as_dict(written)

@@ -191,7 +191,18 @@ def evaluate(
     total_delta = amounts.exact(parsed.delta)
     spent_units = accountant.from_json(list(ledger.spent)) if ledger else accountant.zero()
     spent_epsilon = accountant.epsilon_spent(spent_units, total_delta)
-    fraction = spent_epsilon / total_epsilon
+    # NearExhaustion looks at the dataset total and at every team quota: a team that has
+    # spent 95% of its quota needs its owner's attention even if the dataset has room.
+    team_units = {team.team: list(team.spent) for team in ledger.teams} if ledger else {}
+    usage = [("the dataset", spent_epsilon, total_epsilon)]
+    for quota in parsed.quotas:
+        if quota.epsilon > 0:
+            team_spent_epsilon = accountant.epsilon_spent(
+                accountant.from_json(team_units.get(quota.team, [])), _team_delta(parsed, quota)
+            )
+            usage.append((f"team {quota.team}", team_spent_epsilon, amounts.exact(quota.epsilon)))
+    who, worst_spent, worst_total = max(usage, key=lambda item: item[1] / item[2])
+    fraction = worst_spent / worst_total
     crossed = [alert for alert in sorted(parsed.alerts) if fraction >= amounts.exact(alert)]
     exhausted = not accountant.fits(spent_units, accountant.capacity(total_epsilon, total_delta))
     exhausted = exhausted or spent_epsilon >= total_epsilon
@@ -213,8 +224,8 @@ def evaluate(
             NEAR_EXHAUSTION,
             "True",
             "AlertThresholdCrossed",
-            f"Spent {amounts.display(spent_epsilon)} of epsilon {amounts.display(total_epsilon)}"
-            f" (at least {crossed[-1]:.0%})",
+            f"{who[0].upper()}{who[1:]} spent {amounts.display(worst_spent)} of epsilon "
+            f"{amounts.display(worst_total)} (at least {crossed[-1]:.0%})",
         )
     else:
         updated = condition(updated, NEAR_EXHAUSTION, "False", "BelowAlertThresholds", "")
@@ -242,7 +253,6 @@ def evaluate(
         elif crossed:
             state = "NearExhaustion"
 
-    team_units = {team.team: list(team.spent) for team in ledger.teams} if ledger else {}
     teams = []
     for quota in parsed.quotas:
         units = accountant.from_json(team_units.get(quota.team, []))
