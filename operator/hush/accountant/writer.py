@@ -257,6 +257,16 @@ class BudgetWriter:
                 self._cached = None
                 raise BudgetUnavailableError(str(error), status=404) from error
             self.writes += 1
+            ledger = (written.get("status") or {}).get("ledger") or {}
+            logger.info(
+                "Committed operations to PrivacyBudget",
+                extra={
+                    "budget": f"{self._namespace}/{self._name}",
+                    "operations": len(batch),
+                    "sequence": ledger.get("sequence"),
+                    "head_hash": ledger.get("headHash"),
+                },
+            )
             metrics.STATUS_WRITES.labels(self._namespace, self._name, "written").inc()
             metrics.BATCH_SIZE.observe(len(batch))
             _publish_gauges(self._namespace, self._name, written)

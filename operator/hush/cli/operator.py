@@ -68,6 +68,12 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port."
     )
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        default="json",
+        help="json: one JSON object per line (default); text: for reading at a terminal.",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="Log at debug level.")
     parser.set_defaults(handler=run)
 
@@ -100,15 +106,18 @@ def run(arguments: argparse.Namespace) -> int:
         )
     )
 
-    logging.basicConfig(
-        level=logging.DEBUG if arguments.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
-    )
+    from hush.observability import logging as structured_logging
+
     if arguments.metrics_port is not None:
         from hush.observability import metrics
 
         metrics.serve(arguments.metrics_port)
     namespaces: list[str] = arguments.namespace
+    kopf.configure(log_format=kopf.LogFormat.JSON, log_prefix=False)  # kopf's own records
+    structured_logging.configure(
+        level=logging.DEBUG if arguments.verbose else logging.INFO,
+        log_format=arguments.log_format,
+    )
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
