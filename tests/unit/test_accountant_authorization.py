@@ -1,0 +1,101 @@
+"""Who may charge what: pure decisions over TokenReview answers, pods and policies."""
+
+from __future__ import annotations
+
+import decimal
+from typing import Any
+
+import pydantic
+import pytest
+
+from hush.accountant import authorization, protocol
+
+REVIEW = {
+    "authenticated": True,
+    "user": {
+        "username": "system:serviceaccount:stats:app",
+        "extra": {
+            "authentication.kubernetes.io/pod-name": ["app-1"],
+            "authentication.kubernetes.io/pod-uid": ["uid-1"],
+        },
+    },
+}
+POD = {"metadata": {"uid": "uid-1", "annotations": {"hush.dev/policy": "census-stats"}}}
+POLICY = {
+    "spec": {
+        "budgetRef": {"name": "census", "team": "analytics"},
+        "routes": [{"path": "/count", "mechanism": "laplace", "epsilon": 0.1}],
+    }
+}
+
+
+def _request(**overrides: Any) -> protocol.SpendRequest:
+    body = {
+        "requestId": "r-1",
+        "policy": "census-stats",
+        "route": "/count",
+        "mechanism": "laplace",
+        "epsilon": "0.1",
+        "delta": 0,
+        "sensitivity": 1,
+        "scale": 10,
+        **overrides,
+    }
+    return protocol.SpendRequest.model_validate(body)
+
+
+def test_a_pod_bound_token_of_an_annotated_pod_is_granted_its_policys_budget() -> None:
+    caller = authorization.caller_from_review(REVIEW)
+    assert (caller.namespace, caller.service_account, caller.pod) == ("stats", "app", "app-1")
+    policy = authorization.policy_of_pod(caller, POD)
+    authorization.authorise_policy(caller, policy, "census-stats")
+    grant = authorization.grant_for(caller, policy, POLICY)
+    assert (grant.budget, grant.team, grant.namespace) == ("census", "analytics", "stats")
+    authorization.check_route(POLICY, _request())
+
+
+@pytest.mark.parametrize(
+    ("review", "status", "message"),
+    [
+        ({"authenticated": False, "error": "token expired"}, 401, "token expired"),
+        ({"authenticated": True, "user": {"username": "alice"}}, 403, "not a ServiceAccount"),
+        (
+            {"authenticated": True, "user": {"username": "system:serviceaccount:a:b"}},
+            403,
+            "not bound to a pod",
+        ),
+    ],
+)
+def test_unusable_tokens_are_refused(review: dict[str, Any], status: int, message: str) -> None:
+    with pytest.raises(authorization.DeniedError, match=message) as refused:
+        authorization.caller_from_review(review)
+    assert refused.value.status == status
+
+
+def test_a_recreated_pod_or_one_without_a_policy_is_refused() -> None:
+    caller = authorization.caller_from_review(REVIEW)
+    with pytest.raises(authorization.DeniedError, match="recreated"):
+        authorization.policy_of_pod(caller, {"metadata": {"uid": "uid-2"}})
+    with pytest.raises(authorization.DeniedError, match=r"no hush\.dev/policy"):
+        authorization.policy_of_pod(caller, {"metadata": {"uid": "uid-1"}})
+    with pytest.raises(authorization.DeniedError, match="no longer exists"):
+        authorization.policy_of_pod(caller, None)
+
+
+def test_another_policy_or_an_undeclared_release_is_refused() -> None:
+    caller = authorization.caller_from_review(REVIEW)
+    with pytest.raises(authorization.DeniedError, match="runs under policy census-stats"):
+        authorization.authorise_policy(caller, "census-stats", "other")
+    with pytest.raises(authorization.DeniedError, match="no route /other"):
+        authorization.check_route(POLICY, _request(route="/other"))
+    with pytest.raises(authorization.DeniedError, match="uses laplace"):
+        authorization.check_route(POLICY, _request(mechanism="gaussian"))
+    with pytest.raises(authorization.DeniedError, match=r"releases at epsilon 0\.1"):
+        authorization.check_route(POLICY, _request(epsilon="0.01"))
+
+
+def test_amounts_are_read_exactly_and_nonsense_is_refused() -> None:
+    assert _request(epsilon=0.1).epsilon == decimal.Decimal("0.1")
+    for bad in ({"epsilon": "-1"}, {"epsilon": "nan"}, {"epsilon": True}, {"requestId": "a b"}):
+        with pytest.raises(pydantic.ValidationError):
+            _request(**bad)
