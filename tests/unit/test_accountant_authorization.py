@@ -99,3 +99,13 @@ def test_amounts_are_read_exactly_and_nonsense_is_refused() -> None:
     for bad in ({"epsilon": "-1"}, {"epsilon": "nan"}, {"epsilon": True}, {"requestId": "a b"}):
         with pytest.raises(pydantic.ValidationError):
             _request(**bad)
+
+
+def test_a_stale_policy_hash_is_refused() -> None:
+    policy = {**POLICY, "status": {"policyHash": "sha256:new"}}
+    authorization.check_policy_hash(policy, None)
+    authorization.check_policy_hash(policy, "sha256:new")
+    authorization.check_policy_hash(POLICY, "sha256:old")  # no hash computed yet
+    with pytest.raises(authorization.DeniedError, match="Stale policy") as refused:
+        authorization.check_policy_hash(policy, "sha256:old")
+    assert refused.value.status == 409

@@ -136,3 +136,16 @@ def check_route(policy: Mapping[str, Any], request: protocol.SpendRequest) -> No
             f"delta {amounts.display(declared_delta)}; the request declared "
             f"{amounts.display(request.epsilon)}, {amounts.display(request.delta)}"
         )
+
+
+def check_policy_hash(policy: Mapping[str, Any], baked_hash: str | None) -> None:
+    """A pod running a stale policy may not release (invariant 6: all-or-nothing rollouts)."""
+    if baked_hash is None:
+        return
+    current = (policy.get("status") or {}).get("policyHash")
+    if current and current != baked_hash:
+        raise DeniedError(
+            f"Stale policy: this pod runs policy hash {baked_hash}, the DPPolicy is now "
+            f"{current}; the pod must be replaced (rolled) before it may release again",
+            status=409,
+        )

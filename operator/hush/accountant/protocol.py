@@ -53,6 +53,11 @@ class SpendRequest(_Message):
     delta: Amount
     sensitivity: Amount
     scale: Amount
+    policy_hash: str | None = pydantic.Field(
+        default=None,
+        max_length=80,
+        description="The policy hash baked into the pod; a stale one is refused (409).",
+    )
 
     @pydantic.field_validator("epsilon", "delta", "sensitivity", "scale", mode="before")
     @classmethod

@@ -150,6 +150,7 @@ class Accountant:
                 body = protocol.SpendRequest.model_validate(await _json(request))
                 grant, policy = await self._grant(request, body.policy)
                 authorization.check_route(policy, body)
+                authorization.check_policy_hash(policy, body.policy_hash)
             except _BadRequestError as error:
                 return _refusal(400, "bad-request", str(error))
             except pydantic.ValidationError as error:
