@@ -32,7 +32,33 @@ user="$("$bin_dir/kubectl" --kubeconfig "$operator_kubeconfig" config view -o js
 "$bin_dir/kubectl" --kubeconfig "$operator_kubeconfig" config set-credentials "$user" \
   --token="$token" >/dev/null
 operator_log="$state_dir/logs/demo-operator.log"
+# The accountant's serving certificate (in a cluster: a Secret made by cert-manager).
+"$repo/.venv/bin/python" - "$state_dir" <<'PYTHON'
+import datetime, ipaddress, sys
+from pathlib import Path
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+key = ec.generate_private_key(ec.SECP256R1())
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hush-accountant")])
+now = datetime.datetime.now(datetime.UTC)
+cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256()))
+out = Path(sys.argv[1])
+(out / "accountant.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+(out / "accountant.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+    serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+PYTHON
+accountant_port="$("$repo/.venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 KUBECONFIG="$operator_kubeconfig" "$repo/.venv/bin/python" -m hush operator --all-namespaces \
+  --log-format text --accountant-port "$accountant_port" --accountant-host 127.0.0.1 \
+  --accountant-tls-cert "$state_dir/accountant.crt" --accountant-tls-key "$state_dir/accountant.key" \
   >"$operator_log" 2>&1 &
 operator_pid=$!
 trap 'kill "$operator_pid" 2>/dev/null || true; wait "$operator_pid" 2>/dev/null || true' EXIT
@@ -50,6 +76,32 @@ kubectl -n hush-demo apply -f "$repo/samples/valid/privacybudget-census.yaml"
 kubectl -n hush-demo wait dppolicy/census-stats --for=condition=Ready --timeout=60s
 kubectl -n hush-demo wait privacybudget/census-2020 --for=condition=Ready --timeout=60s
 kubectl -n hush-demo get privacybudgets,dppolicies -o wide
+
+step "Charging the budget as a sidecar would: pod-bound token, reserve-before-release"
+kubectl -n hush-demo create serviceaccount census-app --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl -n hush-demo apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: census-app
+  annotations: {hush.dev/policy: census-stats}
+spec:
+  serviceAccountName: census-app
+  containers: [{name: app, image: registry.example/census-app:1}]
+YAML
+pod_token="$(kubectl -n hush-demo create token census-app --audience hush-accountant \
+  --bound-object-kind Pod --bound-object-name census-app --duration 1h)"
+for n in 1 2 3; do
+  curl -sS --cacert "$state_dir/accountant.crt" -H "Authorization: Bearer $pod_token" \
+    -H 'Content-Type: application/json' "https://127.0.0.1:$accountant_port/v1/charge" \
+    -d "{\"requestId\": \"demo-$n\", \"policy\": \"census-stats\",
+         \"route\": \"/stats/{region}/population\", \"mechanism\": \"discreteLaplace\",
+         \"epsilon\": \"0.1\", \"delta\": \"0\", \"sensitivity\": \"1\", \"scale\": \"10\"}"
+  echo
+done
+kubectl -n hush-demo get privacybudgets
+KUBECONFIG="$kubeconfig" "$hush" ledger show census-2020 -n hush-demo
+KUBECONFIG="$kubeconfig" "$hush" ledger verify census-2020 -n hush-demo
 
 step "The apiserver itself refuses a nonsensical budget"
 kubectl -n hush-demo apply -f "$repo/samples/invalid/privacybudget-quotas-exceed-total.yaml" \
