@@ -358,9 +358,30 @@ class Book:
         epsilon: str = "",
         delta: str = "",
     ) -> wire.Entry:
-        unsigned = wire.Entry(
-            sequence=self._sequence + 1,
-            time=_format_time(now),
+        # The hot path of every charge: hash the wire content directly and build the model
+        # once, without re-validating what this function itself produced.
+        content = {
+            "sequence": self._sequence + 1,
+            "time": _format_time(now),
+            "action": action,
+            "requestId": request_id,
+            "consumer": {
+                "namespace": consumer.namespace,
+                "pod": consumer.pod,
+                "policy": consumer.policy,
+                "team": consumer.team,
+            },
+            "mechanism": mechanism,
+            "noiseScale": noise_scale,
+            "sensitivity": sensitivity,
+            "epsilon": epsilon,
+            "delta": delta,
+            "cost": cost,
+            "previousHash": self._head_hash,
+        }
+        entry = wire.Entry.model_construct(
+            sequence=content["sequence"],
+            time=content["time"],
             action=action,
             request_id=request_id,
             consumer=consumer,
@@ -371,9 +392,8 @@ class Book:
             delta=delta,
             cost=cost,
             previous_hash=self._head_hash,
-            hash=chain.GENESIS_HASH,
+            hash=chain.entry_content_hash(self._head_hash, content),
         )
-        entry = unsigned.model_copy(update={"hash": chain.entry_hash(unsigned)})
         self._entries.append(entry)
         self._sequence = entry.sequence
         self._head_hash = entry.hash

@@ -26,13 +26,21 @@ from hush.api import ledger as wire
 GENESIS_HASH = "0" * 64
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def canonical(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return _CANONICAL.encode(document).encode()
+
+
+def entry_content_hash(previous_hash: str, content: dict[str, Any]) -> str:
+    """The hash of an entry given its wire content without ``hash`` (camelCase keys)."""
+    return hashlib.sha256(previous_hash.encode() + canonical(content)).hexdigest()
 
 
 def entry_hash(entry: wire.Entry) -> str:
     content = entry.model_dump(mode="json", by_alias=True, exclude={"hash"})
-    return hashlib.sha256(entry.previous_hash.encode() + canonical(content)).hexdigest()
+    return entry_content_hash(entry.previous_hash, content)
 
 
 def checkpoint_hash(checkpoint: wire.Checkpoint) -> str:
