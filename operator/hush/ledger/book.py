@@ -360,9 +360,11 @@ class Book:
     ) -> wire.Entry:
         # The hot path of every charge: hash the wire content directly and build the model
         # once, without re-validating what this function itself produced.
-        content = {
-            "sequence": self._sequence + 1,
-            "time": _format_time(now),
+        sequence = self._sequence + 1
+        time = _format_time(now)
+        content: dict[str, object] = {
+            "sequence": sequence,
+            "time": time,
             "action": action,
             "requestId": request_id,
             "consumer": {
@@ -380,8 +382,8 @@ class Book:
             "previousHash": self._head_hash,
         }
         entry = wire.Entry.model_construct(
-            sequence=content["sequence"],
-            time=content["time"],
+            sequence=sequence,
+            time=time,
             action=action,
             request_id=request_id,
             consumer=consumer,
