@@ -8,6 +8,8 @@ as read, my identity, my monotonic clock and what I saw before: create, acquire,
 stand by), the ``build_*``/``claim``/``release`` functions are pure Lease builders, and
 ``Elector`` is the loop that applies them through ``hush.kube`` (every Lease write carries
 the resourceVersion it read: compare-and-swap, so two replicas can never both win a round).
+It deliberately does not pause kopf: every replica reconciles (see
+docs/design/0008-leader-election.md for why that is safe).
 
 Why correctness does not depend on the lease
 --------------------------------------------
@@ -21,8 +23,8 @@ request id is found in the ledger's ``recent`` window and answered "duplicate" i
 being charged again, and a charge that no longer fits is refused. What the lease buys is
 fewer of those 409 rounds (one writer batches everything) and one place for sidecars to go.
 
-Timing (client-go's semantics, kube-controller-manager's ratios at half the size)
-------------------------------------------------------------------------------
+Timing (client-go's semantics)
+------------------------------
 The leader renews every ``renew_period`` (2 s) and stops acting as leader when it has not
 renewed for ``renew_deadline`` (6 s), counted from *before* its last successful write. A
 standby counts a lease as expired when the record (its resourceVersion) has not changed for
@@ -326,13 +328,19 @@ class Elector:
                     self._settings.name,
                     release(lease, now=self._wall_clock()),
                 )
-                logger.info("Released Lease %s", self.lease)
+                logger.info("Released Lease %s", self.lease, extra=self._log_fields())
         except Exception as error:  # the lease then expires by itself
-            logger.warning("Failed to release Lease %s: %s", self.lease, error)
+            logger.warning(
+                "Failed to release Lease %s: %s", self.lease, error, extra=self._log_fields()
+            )
 
     async def _run(self) -> None:
         while True:
-            wait = await self.tick()
+            try:
+                wait = await self.tick()
+            except Exception:  # a dead loop would leave this replica a standby for good
+                logger.exception("Failed a leader-election round", extra=self._log_fields())
+                wait = self._timing.renew_period
             await asyncio.sleep(wait)
 
     async def tick(self) -> float:
@@ -344,7 +352,9 @@ class Elector:
         try:
             lease = await self._store.read(namespace, name)
         except Exception as error:
-            logger.warning("Failed to read Lease %s: %s", self.lease, error)
+            logger.warning(
+                "Failed to read Lease %s: %s", self.lease, error, extra=self._log_fields()
+            )
             return self._timing.renew_period
         decision = decide(
             lease,
@@ -358,7 +368,12 @@ class Elector:
             if self._leading:
                 self._stand_down(f"the Lease is now held by {decision.holder}")
             if decision.holder != self._last_holder:
-                logger.info("Stood by: Lease %s is held by %s", self.lease, decision.holder)
+                logger.info(
+                    "Stood by: Lease %s is held by %s",
+                    self.lease,
+                    decision.holder,
+                    extra=self._log_fields(holder=decision.holder),
+                )
                 self._last_holder = decision.holder
             return decision.wait
         now = self._wall_clock()
@@ -373,10 +388,12 @@ class Elector:
                 written = await self._store.replace(namespace, name, body)
         except client.ConflictError:
             # Another replica wrote first; the next read shows who holds the lease now.
-            logger.debug("Lost a write race on Lease %s", self.lease)
+            logger.debug("Lost a write race on Lease %s", self.lease, extra=self._log_fields())
             return self._timing.renew_period
         except Exception as error:
-            logger.warning("Failed to write Lease %s: %s", self.lease, error)
+            logger.warning(
+                "Failed to write Lease %s: %s", self.lease, error, extra=self._log_fields()
+            )
             return self._timing.renew_period
         self._observation = Observation(
             resource_version=str(written["metadata"]["resourceVersion"]),
@@ -392,6 +409,7 @@ class Elector:
                 self.lease,
                 self.identity,
                 decision.holder or "none",
+                extra=self._log_fields(previous_holder=decision.holder),
             )
             self._on_started_leading()
         return decision.wait
@@ -400,5 +418,8 @@ class Elector:
         self._leading = False
         self._valid_until = 0.0
         self._last_holder = None
-        logger.log(level, "Stopped leading Lease %s: %s", self.lease, why)
+        logger.log(level, "Stopped leading Lease %s: %s", self.lease, why, extra=self._log_fields())
         self._on_stopped_leading()
+
+    def _log_fields(self, **more: str) -> dict[str, str]:
+        return {"lease": self.lease, "identity": self.identity, **more}

@@ -135,6 +135,7 @@ class BudgetWriter:
         self._wakeup = asyncio.Event()
         self._cached: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._limits_cache: tuple[privacybudget.PrivacyBudgetSpec, book.Limits] | None = None
         self.writes = 0
         self.conflicts = 0
 
@@ -278,6 +279,12 @@ class BudgetWriter:
             f"PrivacyBudget {self._name} kept changing under {MAX_CONFLICT_RETRIES} writes"
         )
 
+    def _limits_for(self, spec: privacybudget.PrivacyBudgetSpec) -> book.Limits:
+        # Capacities cost milliseconds (RDP converts at 46 orders); specs rarely change.
+        if self._limits_cache is None or self._limits_cache[0] != spec:
+            self._limits_cache = (spec, limits.limits_for(spec))
+        return self._limits_cache[1]
+
     def _apply(
         self, current: dict[str, Any], batch: list[_Pending]
     ) -> tuple[dict[str, Any], list[book.Outcome | None]]:
@@ -294,7 +301,7 @@ class BudgetWriter:
             ) from error
         accepted = not budget_status.spec_problems(spec)
         mode_changed = ledger.sequence > 0 and ledger.accounting not in ("", spec.accounting)
-        working = book.Book(ledger, limits.limits_for(spec))
+        working = book.Book(ledger, self._limits_for(spec))
         if spec.renewal.policy != "none" and spec.renewal.period and accepted:
             created = current["metadata"].get("creationTimestamp")
             if created:

@@ -14,6 +14,7 @@ from hush.cli import dev as dev_commands
 from hush.cli import ledger as ledger_commands
 from hush.cli import manifests as manifests_commands
 from hush.cli import operator as operator_commands
+from hush.cli import sidecar as sidecar_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     operator_commands.register(commands)
     manifests_commands.register(commands)
     ledger_commands.register(commands)
+    sidecar_commands.register(commands)
     return parser
 
 

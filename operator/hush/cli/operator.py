@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hush.accountant import leadership
 
 
 def register(commands: Any) -> None:
@@ -78,6 +82,21 @@ def register(commands: Any) -> None:
     parser.set_defaults(handler=run)
 
 
+def leader_election_settings(
+    arguments: argparse.Namespace, environ: Mapping[str, str], identity: str
+) -> leadership.Settings | None:
+    """The Lease to compete for, or None when ``--leader-election`` is off."""
+    from hush.accountant import leadership
+
+    if not arguments.leader_election:
+        return None
+    return leadership.Settings(
+        namespace=arguments.leader_election_namespace or environ.get("POD_NAMESPACE") or "default",
+        name=arguments.leader_election_name,
+        identity=identity,
+    )
+
+
 def run(arguments: argparse.Namespace) -> int:
     # Imported here, not at module level, so that other `hush` commands start fast.
     import kopf
@@ -86,15 +105,7 @@ def run(arguments: argparse.Namespace) -> int:
     from hush import handlers  # noqa: F401
     from hush.accountant import leadership, service
 
-    election = None
-    if arguments.leader_election:
-        election = leadership.Settings(
-            namespace=arguments.leader_election_namespace
-            or os.environ.get("POD_NAMESPACE")
-            or "default",
-            name=arguments.leader_election_name,
-            identity=leadership.default_identity(),
-        )
+    election = leader_election_settings(arguments, os.environ, leadership.default_identity())
     service.configure(
         service.Options(
             port=arguments.accountant_port,
