@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from hush.accountant import leadership, writer
+from hush.cli import main
+from hush.cli import operator as operator_command
 from hush.kube import client
 from hush.ledger import book
 
@@ -423,3 +425,41 @@ async def test_losing_leadership_fails_queued_spends_and_the_batch_being_read() 
         await in_flight
     assert store.writes == 0
     await registry.stop()
+
+
+# -- the flags of `hush operator` ---------------------------------------------------------
+
+
+def _operator_arguments(*flags: str) -> Any:
+    return main.build_parser().parse_args(["operator", "--accountant-port=8443", *flags])
+
+
+def test_leader_election_is_off_unless_asked_for() -> None:
+    settings = operator_command.leader_election_settings(_operator_arguments(), {}, "host_1")
+    assert settings is None
+
+
+def test_the_lease_lives_in_the_pods_namespace_by_default() -> None:
+    arguments = _operator_arguments("--leader-election")
+    in_pod = operator_command.leader_election_settings(
+        arguments, {"POD_NAMESPACE": "hush-system"}, "pod-abc_1"
+    )
+    assert in_pod == leadership.Settings(
+        namespace="hush-system", name="hush-operator", identity="pod-abc_1"
+    )
+    outside = operator_command.leader_election_settings(arguments, {}, "host_1")
+    assert outside is not None
+    assert outside.namespace == "default"
+
+
+def test_the_lease_namespace_and_name_can_be_chosen() -> None:
+    arguments = _operator_arguments(
+        "--leader-election",
+        "--leader-election-namespace=ops",
+        "--leader-election-name=hush-blue",
+    )
+    settings = operator_command.leader_election_settings(
+        arguments, {"POD_NAMESPACE": "hush-system"}, "host_1"
+    )
+    assert settings is not None
+    assert (settings.namespace, settings.name) == ("ops", "hush-blue")

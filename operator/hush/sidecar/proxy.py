@@ -29,7 +29,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 import prometheus_client
@@ -449,12 +449,3 @@ class Sidecar:
                 "upstream-unreachable",
                 f"The application did not answer ({type(error).__name__})",
             ) from error
-
-
-def describe(document: Any) -> str:
-    """Shape of a JSON document for debugging (types and sizes only, never values)."""
-    if isinstance(document, dict):
-        return "{" + ",".join(f"{key}:{describe(value)}" for key, value in document.items()) + "}"
-    if isinstance(document, list):
-        return f"[{len(document)}]"
-    return type(document).__name__
