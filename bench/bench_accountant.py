@@ -149,24 +149,28 @@ def main() -> int:
     arguments = parser.parse_args()
     arguments.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
+    header = "clients  batch  charges  charges/s  p50 ms  p99 ms  status bytes  verifies"
+
+    def report(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(
+            f"RESULT {row['clients']:>7}  {row['max_batch']:>5}  {row['charges']:>7}  "
+            f"{row['charges_per_s']:>9.0f}  {row['p50_ms']:>6.1f}  {row['p99_ms']:>6.1f}  "
+            f"{row['status_bytes']:>12}  {row['verifies']}",
+            flush=True,
+        )
+
+    print("RESULT " + header, flush=True)
     for clients in [int(value) for value in arguments.clients.split(",")]:
         charges = arguments.charges if clients > 1 else max(arguments.charges // 5, 200)
-        rows.append(run(arguments.kubeconfig, clients, charges, 1, arguments.workdir))
-        rows.append(run(arguments.kubeconfig, clients, charges, 512, arguments.workdir))
+        report(run(arguments.kubeconfig, clients, charges, 1, arguments.workdir))
+        report(run(arguments.kubeconfig, clients, charges, 512, arguments.workdir))
     if arguments.size_charges:
-        rows.append(run(arguments.kubeconfig, 50, arguments.size_charges, 512, arguments.workdir))
-    header = "clients  batch  charges  charges/s  p50 ms  p99 ms  status bytes  verifies"
-    print(header)
-    for row in rows:
-        print(
-            f"{row['clients']:>7}  {row['max_batch']:>5}  {row['charges']:>7}  "
-            f"{row['charges_per_s']:>9.0f}  {row['p50_ms']:>6.1f}  {row['p99_ms']:>6.1f}  "
-            f"{row['status_bytes']:>12}  {row['verifies']}"
-        )
-    print("ratio (group commit / one write per charge), charges/s:")
+        report(run(arguments.kubeconfig, 50, arguments.size_charges, 512, arguments.workdir))
+    print("RESULT ratio (group commit / one write per charge), charges/s:")
     for baseline, grouped in zip(rows[0:-1:2], rows[1::2], strict=False):
         print(
-            f"  {grouped['clients']:>3} clients: "
+            f"RESULT   {grouped['clients']:>3} clients: "
             f"{grouped['charges_per_s'] / baseline['charges_per_s']:.1f}x"
         )
     return 0
