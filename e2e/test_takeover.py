@@ -213,8 +213,8 @@ def _setup_budget(api_client: client.ApiClient, namespace: str) -> str:
         ),
     )
     assert request.status is not None
-    token: str = request.status.token
-    return token
+    assert request.status.token is not None
+    return request.status.token
 
 
 def _spend_body(request_id: str) -> dict[str, Any]:

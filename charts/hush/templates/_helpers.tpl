@@ -21,6 +21,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
+{{/* The leader-election Lease: one per release, in the release namespace. */}}
+{{- define "hush.leaseName" -}}
+{{- printf "%s-operator" (include "hush.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Leader election runs only with the accountant: it elects the one that accepts charges. */}}
+{{- define "hush.leaderElection" -}}
+{{- if and .Values.accountant.enabled .Values.operator.leaderElection.enabled -}}true{{- end -}}
+{{- end -}}
+
 {{- define "hush.serviceAccountName" -}}
 {{- default (include "hush.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
