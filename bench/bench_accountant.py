@@ -28,10 +28,10 @@ from kubernetes import client, config
 
 from hush.api import ledger as wire
 from hush.ledger import chain
-from test_accountant import _policy, _sidecar_pod_token
 
 import hush_resources
 import operator_process
+import spending
 
 
 def _budget(name: str) -> dict[str, Any]:
@@ -98,9 +98,9 @@ def run(
             description="default ServiceAccount",
         )
         hush_resources.create(api, namespace, _budget("bench"))
-        policy = _policy("bench", "bench")
+        policy = spending.count_policy_manifest("bench", budget="bench", epsilon=0.001)
         hush_resources.create(api, namespace, policy)
-        token = _sidecar_pod_token(api, namespace, "bench")
+        token = spending.pod_bound_token(api, namespace, "bench")
         cert, key = operator_process.write_self_signed_certificate(workdir)
         port = operator_process.free_port()
         os.environ["HUSH_LEDGER_MAX_BATCH"] = str(max_batch)

@@ -22,10 +22,11 @@ from hush.ledger import chain
 
 import hush_resources
 import operator_process
+import spending
 import waiting
 
-AUDIENCE = "hush-accountant"
-ROUTE = "/count"
+AUDIENCE = spending.AUDIENCE
+ROUTE = spending.COUNT_ROUTE
 RELEASE_EPSILON = "0.001"
 
 
@@ -50,72 +51,17 @@ def accountant(
 
 
 def _budget(name: str, team_epsilon: float, total: float = 10.0) -> dict[str, Any]:
-    return {
-        "apiVersion": "hush.dev/v1alpha1",
-        "kind": "PrivacyBudget",
-        "metadata": {"name": name},
-        "spec": {
-            "dataset": name,
-            "epsilon": total,
-            "quotas": [{"team": "analytics", "epsilon": team_epsilon}],
-        },
-    }
+    return spending.budget_manifest(name, team_epsilon=team_epsilon, total=total)
 
 
 def _policy(name: str, budget: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "hush.dev/v1alpha1",
-        "kind": "DPPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "budgetRef": {"name": budget, "team": "analytics"},
-            "upstream": {"port": 8080},
-            "routes": [
-                {
-                    "path": ROUTE,
-                    "mechanism": "laplace",
-                    "epsilon": float(RELEASE_EPSILON),
-                    "fields": [{"path": "$.count", "kind": "count"}],
-                }
-            ],
-        },
-    }
+    return spending.count_policy_manifest(
+        name, budget=budget, epsilon=float(RELEASE_EPSILON), route=ROUTE
+    )
 
 
 def _sidecar_pod_token(api_client: client.ApiClient, namespace: str, policy: str) -> str:
-    """A pod annotated with the policy, and its projected, audience-bound token."""
-    core = client.CoreV1Api(api_client)
-    account = f"app-{policy}"
-    core.create_namespaced_service_account(
-        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
-    )
-    pod = core.create_namespaced_pod(
-        namespace,
-        client.V1Pod(
-            metadata=client.V1ObjectMeta(
-                name=f"app-{policy}", annotations={"hush.dev/policy": policy}
-            ),
-            spec=client.V1PodSpec(
-                service_account_name=account,
-                containers=[client.V1Container(name="app", image="registry.invalid/app:1")],
-            ),
-        ),
-    )
-    request = core.create_namespaced_service_account_token(
-        account,
-        namespace,
-        client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(
-                audiences=[AUDIENCE],
-                expiration_seconds=3600,
-                bound_object_ref=client.V1BoundObjectReference(
-                    kind="Pod", api_version="v1", name=pod.metadata.name, uid=pod.metadata.uid
-                ),
-            )
-        ),
-    )
-    token: str = request.status.token
-    return token
+    return spending.pod_bound_token(api_client, namespace, policy)
 
 
 def _setup(
@@ -158,8 +104,7 @@ def _session(accountant: dict[str, Any]) -> aiohttp.ClientSession:
 
 
 def _ledger(api_client: client.ApiClient, namespace: str, name: str) -> wire.Ledger:
-    budget = hush_resources.get(api_client, namespace, "PrivacyBudget", name)
-    return wire.Ledger.model_validate(budget["status"]["ledger"])
+    return spending.ledger(api_client, namespace, name)
 
 
 def test_concurrent_charges_never_exceed_the_quota(

@@ -28,13 +28,13 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-import test_accountant
 from hush.injection import sidecar as injection
-from test_accountant import accountant  # noqa: F401 - the module-scoped operator fixture
 
 import hush_resources
 import operator_process
+import spending
 import waiting
+from test_accountant import accountant  # noqa: F401 - the module-scoped operator fixture
 
 # A fixed synthetic dataset: (age, income) of 500 people.
 _GENERATOR = random.Random(20261122)  # noqa: S311 - synthetic data, not noise
@@ -167,13 +167,15 @@ def test_answers_are_noised_charged_labelled_cached_and_stop_when_stale(
     tmp_path: Path,
 ) -> None:
     with _sample_app() as app_port:
-        hush_resources.create(api_client, namespace, test_accountant._budget("survey", 1.0))
+        hush_resources.create(
+            api_client, namespace, spending.budget_manifest("survey", team_epsilon=1.0)
+        )
         hush_resources.create(api_client, namespace, _policy("survey", "survey", app_port))
         policy = hush_resources.wait_for_condition(
             api_client, namespace, "DPPolicy", "survey", status="True", reason="Accepted"
         )
         policy_hash = policy["status"]["policyHash"]
-        token = test_accountant._sidecar_pod_token(api_client, namespace, "survey")
+        token = spending.pod_bound_token(api_client, namespace, "survey")
         token_path = tmp_path / "token"
         token_path.write_text(token)
 
@@ -237,7 +239,7 @@ def test_answers_are_noised_charged_labelled_cached_and_stop_when_stale(
             assert _get(f"{base}/secret")[0] == 404
             assert _get(f"{base}/healthz")[:3:2] == (200, b"ok")
 
-            ledger = test_accountant._ledger(api_client, namespace, "survey")
+            ledger = spending.ledger(api_client, namespace, "survey")
             reserved = [entry for entry in ledger.entries if entry.action == "reserve"]
             committed = {entry.request_id for entry in ledger.entries if entry.action == "commit"}
             assert len(reserved) == 4

@@ -40,6 +40,7 @@ from hush.ledger import chain
 
 import hush_resources
 import operator_process
+import spending
 import waiting
 
 AUDIENCE = "hush-accountant"
@@ -146,75 +147,19 @@ def _lease(api_client: client.ApiClient, namespace: str) -> dict[str, Any]:
 def _setup_budget(api_client: client.ApiClient, namespace: str) -> str:
     """A budget with room for every charge of the test, its policy, and a pod's token."""
     hush_resources.create(
-        api_client,
-        namespace,
-        {
-            "apiVersion": "hush.dev/v1alpha1",
-            "kind": "PrivacyBudget",
-            "metadata": {"name": BUDGET},
-            "spec": {
-                "dataset": BUDGET,
-                "epsilon": 10.0,
-                "quotas": [{"team": "analytics", "epsilon": 5.0}],
-            },
-        },
+        api_client, namespace, spending.budget_manifest(BUDGET, team_epsilon=5.0, total=10.0)
     )
     hush_resources.create(
         api_client,
         namespace,
-        {
-            "apiVersion": "hush.dev/v1alpha1",
-            "kind": "DPPolicy",
-            "metadata": {"name": BUDGET},
-            "spec": {
-                "budgetRef": {"name": BUDGET, "team": "analytics"},
-                "upstream": {"port": 8080},
-                "routes": [
-                    {
-                        "path": ROUTE,
-                        "mechanism": "laplace",
-                        "epsilon": float(RELEASE_EPSILON),
-                        "fields": [{"path": "$.count", "kind": "count"}],
-                    }
-                ],
-            },
-        },
+        spending.count_policy_manifest(
+            BUDGET, budget=BUDGET, epsilon=float(RELEASE_EPSILON), route=ROUTE
+        ),
     )
     hush_resources.wait_for_condition(
         api_client, namespace, "PrivacyBudget", BUDGET, status="True", reason="Accepted"
     )
-    core = client.CoreV1Api(api_client)
-    account = "app"
-    core.create_namespaced_service_account(
-        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
-    )
-    pod = core.create_namespaced_pod(
-        namespace,
-        client.V1Pod(
-            metadata=client.V1ObjectMeta(name="app", annotations={"hush.dev/policy": BUDGET}),
-            spec=client.V1PodSpec(
-                service_account_name=account,
-                containers=[client.V1Container(name="app", image="registry.invalid/app:1")],
-            ),
-        ),
-    )
-    assert pod.metadata is not None
-    request = core.create_namespaced_service_account_token(
-        account,
-        namespace,
-        client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(
-                audiences=[AUDIENCE],
-                expiration_seconds=3600,
-                bound_object_ref=client.V1BoundObjectReference(
-                    kind="Pod", api_version="v1", name=pod.metadata.name, uid=pod.metadata.uid
-                ),
-            )
-        ),
-    )
-    assert request.status is not None
-    assert request.status.token is not None
-    return request.status.token
+    return spending.pod_bound_token(api_client, namespace, BUDGET)
 
 
 def _spend_body(request_id: str) -> dict[str, Any]:

@@ -1,0 +1,101 @@
+"""What every spending test needs: a budget, a policy with one count route, a pod-bound token.
+
+Shared by the accountant, takeover and sidecar e2e tests and by ``bench/bench_accountant.py``
+so that they all exercise the same objects the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+
+from hush.api import ledger as wire
+
+import hush_resources
+
+AUDIENCE = "hush-accountant"
+TEAM = "analytics"
+COUNT_ROUTE = "/count"
+
+
+def budget_manifest(name: str, *, team_epsilon: float, total: float = 10.0) -> dict[str, Any]:
+    """A pure-accounting budget with one team quota."""
+    return {
+        "apiVersion": "hush.dev/v1alpha1",
+        "kind": "PrivacyBudget",
+        "metadata": {"name": name},
+        "spec": {
+            "dataset": name,
+            "epsilon": total,
+            "quotas": [{"team": TEAM, "epsilon": team_epsilon}],
+        },
+    }
+
+
+def count_policy_manifest(
+    name: str, *, budget: str, epsilon: float, route: str = COUNT_ROUTE
+) -> dict[str, Any]:
+    """A policy with one Laplace count route charged to ``budget``."""
+    return {
+        "apiVersion": "hush.dev/v1alpha1",
+        "kind": "DPPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "budgetRef": {"name": budget, "team": TEAM},
+            "upstream": {"port": 8080},
+            "routes": [
+                {
+                    "path": route,
+                    "mechanism": "laplace",
+                    "epsilon": epsilon,
+                    "fields": [{"path": "$.count", "kind": "count"}],
+                }
+            ],
+        },
+    }
+
+
+def pod_bound_token(api_client: client.ApiClient, namespace: str, policy: str) -> str:
+    """A pod annotated with ``policy``, and its projected token for the accountant."""
+    core = client.CoreV1Api(api_client)
+    account = f"app-{policy}"
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
+    )
+    pod = core.create_namespaced_pod(
+        namespace,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(
+                name=f"app-{policy}", annotations={"hush.dev/policy": policy}
+            ),
+            spec=client.V1PodSpec(
+                service_account_name=account,
+                containers=[client.V1Container(name="app", image="registry.invalid/app:1")],
+            ),
+        ),
+    )
+    if pod.metadata is None:
+        raise AssertionError("the apiserver returned a pod without metadata")
+    request = core.create_namespaced_service_account_token(
+        account,
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=[AUDIENCE],
+                expiration_seconds=3600,
+                bound_object_ref=client.V1BoundObjectReference(
+                    kind="Pod", api_version="v1", name=pod.metadata.name, uid=pod.metadata.uid
+                ),
+            )
+        ),
+    )
+    if request.status is None:
+        raise AssertionError("the TokenRequest returned no token")
+    token: str = request.status.token
+    return token
+
+
+def ledger(api_client: client.ApiClient, namespace: str, budget: str) -> wire.Ledger:
+    found = hush_resources.get(api_client, namespace, "PrivacyBudget", budget)
+    return wire.Ledger.model_validate(found["status"]["ledger"])
