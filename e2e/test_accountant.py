@@ -217,11 +217,42 @@ def test_tokens_of_other_pods_policies_and_namespaces_are_refused(
         namespace,
         client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=["api"])),
     ).status.token
+    # A pod in another namespace whose annotation names this namespace's policy.
+    elsewhere = f"{namespace}-other"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=elsewhere)))
+    try:
+        waiting.wait_for(
+            lambda: (
+                core.list_namespaced_service_account(
+                    elsewhere, field_selector="metadata.name=default"
+                ).items
+            ),
+            timeout=60,
+            description=f"the default ServiceAccount in {elsewhere}",
+        )
+        foreign_token = _sidecar_pod_token(api_client, elsewhere, "survey")
+        results = _token_scenario(accountant, token, other_token, wrong_audience, foreign_token)
+    finally:
+        core.delete_namespace(elsewhere)
+    assert results["own"][0] == 200
+    assert results["other-policy"][0] == 403
+    assert "runs under policy other, not survey" in results["other-policy"][1]["message"]
+    assert results["other-namespace"][0] == 404
+    assert f"DPPolicy {elsewhere}/survey does not exist" in results["other-namespace"][1]["message"]
+    assert results["wrong-audience"][0] == 401
+    assert results["no-token"][0] == 401
+    assert results["undeclared-cost"][0] == 403
+    assert _ledger(api_client, namespace, "survey").sequence == 1  # only "own" was charged
 
+
+def _token_scenario(
+    accountant: dict[str, Any], token: str, other_token: str, wrong_audience: str, foreign: str
+) -> dict[str, tuple[int, dict[str, Any]]]:
     async def scenario() -> dict[str, tuple[int, dict[str, Any]]]:
         url = f"{accountant['url']}/v1/charge"
         async with _session(accountant) as session:
             return {
+                "other-namespace": await _post(session, url, foreign, _spend_body("x6")),
                 "own": await _post(session, url, token, _spend_body("x1")),
                 "other-policy": await _post(session, url, other_token, _spend_body("x2")),
                 "wrong-audience": await _post(session, url, wrong_audience, _spend_body("x3")),
@@ -231,13 +262,7 @@ def test_tokens_of_other_pods_policies_and_namespaces_are_refused(
                 ),
             }
 
-    results = asyncio.run(scenario())
-    assert results["own"][0] == 200
-    assert results["other-policy"][0] == 403
-    assert "runs under policy other, not survey" in results["other-policy"][1]["message"]
-    assert results["wrong-audience"][0] == 401
-    assert results["no-token"][0] == 401
-    assert results["undeclared-cost"][0] == 403
+    return asyncio.run(scenario())
 
 
 def test_only_the_operator_may_write_budget_status(
