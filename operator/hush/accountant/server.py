@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 AUDIENCE = "hush-accountant"
 IDENTITY_CACHE_SECONDS = 30.0
+# A policy read is an API call; under a burst every charge would make one. The operator
+# forgets a cached policy on every watch event of it (``forget_policy``), and a request whose
+# baked hash differs from the cached policy's forces a fresh read, so the cache never makes a
+# stale pod look current; the TTL is only a backstop should an event be missed.
+POLICY_CACHE_SECONDS = 30.0
 
 
 class Cluster(Protocol):
@@ -91,6 +96,7 @@ class Accountant:
         self._clock = clock
         self._is_leader = is_leader
         self._identities: dict[str, tuple[float, authorization.Caller, str]] = {}
+        self._policies: dict[tuple[str, str], tuple[float, Mapping[str, Any] | None]] = {}
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024)
@@ -134,13 +140,33 @@ class Accountant:
         self._identities[key] = (now + IDENTITY_CACHE_SECONDS, caller, pod_policy)
         return caller, pod_policy
 
+    def forget_policy(self, namespace: str, name: str) -> None:
+        """The policy changed (a watch event): the next charge reads it again."""
+        self._policies.pop((namespace, name), None)
+
     async def _grant(
-        self, request: web.Request, policy_name: str
+        self, request: web.Request, policy_name: str, baked_hash: str | None = None
     ) -> tuple[authorization.Grant, Mapping[str, Any]]:
         caller, pod_policy = await self._caller(request)
         authorization.authorise_policy(caller, pod_policy, policy_name)
-        policy = await self._cluster.read_policy(caller.namespace, policy_name)
+        policy = await self._policy(caller.namespace, policy_name, baked_hash)
         return authorization.grant_for(caller, policy_name, policy), policy or {}
+
+    async def _policy(
+        self, namespace: str, name: str, baked_hash: str | None = None
+    ) -> Mapping[str, Any] | None:
+        key = (namespace, name)
+        now = self._clock()
+        cached = self._policies.get(key)
+        if cached is not None and cached[0] > now:
+            current_hash = ((cached[1] or {}).get("status") or {}).get("policyHash")
+            if baked_hash is None or current_hash == baked_hash:
+                return cached[1]
+        policy = await self._cluster.read_policy(namespace, name)
+        if len(self._policies) > 4096:
+            self._policies.clear()
+        self._policies[key] = (now + POLICY_CACHE_SECONDS, policy)
+        return policy
 
     def _spend_handler(self, action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
@@ -148,7 +174,7 @@ class Accountant:
                 return _refusal(503, "standby", "This replica is not the active accountant")
             try:
                 body = protocol.SpendRequest.model_validate(await _json(request))
-                grant, policy = await self._grant(request, body.policy)
+                grant, policy = await self._grant(request, body.policy, body.policy_hash)
                 authorization.check_route(policy, body)
                 authorization.check_policy_hash(policy, body.policy_hash)
             except _BadRequestError as error:

@@ -105,6 +105,7 @@ class Service:
                 on_stopped_leading=lambda: self.writers.fail_queued_spends(STANDBY_REFUSAL),
             )
         self._runner: web.AppRunner | None = None
+        self._accountant: server.Accountant | None = None
 
     def is_leader(self) -> bool:
         return self.elector is None or self.elector.is_leader()
@@ -117,7 +118,7 @@ class Service:
             self.elector.start()
         if self.options.port is None:
             return
-        accountant = server.Accountant(
+        accountant = self._accountant = server.Accountant(
             KubeCluster(), self.writers, audience=self.options.audience, is_leader=self.is_leader
         )
         self._runner = web.AppRunner(accountant.application(), access_log=None)
@@ -130,6 +131,11 @@ class Service:
         )
         await site.start()
         logger.info("Started accountant on %s:%s", self.options.host, self.options.port)
+
+    def forget_policy(self, namespace: str, name: str) -> None:
+        """Called on every DPPolicy watch event so that no charge sees a stale policy."""
+        if self._accountant is not None:
+            self._accountant.forget_policy(namespace, name)
 
     async def stop(self) -> None:
         # Stop answering, then stop writing, then hand the lease over: a standby takes over

@@ -16,6 +16,7 @@ from typing import Any
 
 import kopf
 
+from hush.accountant import service
 from hush.api import dppolicy as dppolicy_api
 from hush.handlers import resources, status_patch
 from hush.kube import client
@@ -129,3 +130,9 @@ def _log_ready(logger: kopf.Logger, desired: dppolicy_api.DPPolicyStatus) -> Non
     ready = next((c for c in desired.conditions if c.type == reconcile.READY), None)
     if ready is not None:
         logger.info(f"Reconciled DPPolicy: Ready={ready.status} ({ready.reason})")
+
+
+@kopf.on.event(*resources.DP_POLICIES, id="dppolicy_forget_cached")
+def dppolicy_forget_cached(namespace: str | None, name: str, **_: Any) -> None:
+    """Any change to a policy (spec or status hash) must reach the accountant's next check."""
+    service.current().forget_policy(namespace or "", name)
