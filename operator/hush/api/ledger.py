@@ -21,9 +21,9 @@ import pydantic
 from hush.api import common
 
 # Bounds that keep status under 64 KiB however long the history (see docs/design/0007).
-MAX_ENTRIES = 48
+MAX_ENTRIES = 24
 MAX_RESERVATIONS = 128
-MAX_RECENT_REQUESTS = 160
+MAX_RECENT_REQUESTS = 64
 MAX_CONSUMER_TOTALS = 64
 
 Action = Literal["reserve", "commit", "release", "charge", "renew"]

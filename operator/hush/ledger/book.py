@@ -31,7 +31,7 @@ from hush.privacy import accounting, amounts
 
 # Compaction keeps this many newest entries and folds the rest into the checkpoint once
 # the ledger holds more than ``wire.MAX_ENTRIES - COMPACTION_SLACK`` entries.
-KEEP_ENTRIES = 24
+KEEP_ENTRIES = 8
 COMPACTION_SLACK = 8
 
 OutcomeCode = Literal[
