@@ -177,12 +177,8 @@ class Accountant:
                 grant, policy = await self._grant(request, body.policy, body.policy_hash)
                 authorization.check_route(policy, body)
                 authorization.check_policy_hash(policy, body.policy_hash)
-            except _BadRequestError as error:
-                return _refusal(400, "bad-request", str(error))
-            except pydantic.ValidationError as error:
-                return _refusal(400, "bad-request", _describe(error))
-            except authorization.DeniedError as error:
-                return _refusal(error.status, "denied", str(error))
+            except _REFUSED as error:
+                return _refusal_for(error)
             charge = book.ChargeRequest(
                 request_id=body.request_id,
                 consumer=wire.Consumer(
@@ -220,12 +216,8 @@ class Accountant:
             try:
                 body = protocol.CloseRequest.model_validate(await _json(request))
                 grant, _ = await self._grant(request, body.policy)
-            except _BadRequestError as error:
-                return _refusal(400, "bad-request", str(error))
-            except pydantic.ValidationError as error:
-                return _refusal(400, "bad-request", _describe(error))
-            except authorization.DeniedError as error:
-                return _refusal(error.status, "denied", str(error))
+            except _REFUSED as error:
+                return _refusal_for(error)
 
             def operation(working: book.Book, now: Any) -> book.Outcome:
                 if action == "commit":
@@ -267,6 +259,18 @@ class Accountant:
 
 class _BadRequestError(Exception):
     pass
+
+
+_REFUSED = (_BadRequestError, pydantic.ValidationError, authorization.DeniedError)
+
+
+def _refusal_for(error: Exception) -> web.Response:
+    """The answer to a request refused before it reached the ledger."""
+    if isinstance(error, authorization.DeniedError):
+        return _refusal(error.status, "denied", str(error))
+    if isinstance(error, pydantic.ValidationError):
+        return _refusal(400, "bad-request", _describe(error))
+    return _refusal(400, "bad-request", str(error))
 
 
 async def _json(request: web.Request) -> Any:
