@@ -9,6 +9,7 @@ finalizer on every policy, so that deleting a policy would hang while Hush is no
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 from collections.abc import Mapping
@@ -96,13 +97,17 @@ def dppolicy_reconcile(
 
 
 @kopf.on.event(*resources.PRIVACY_BUDGETS, id="privacybudget_changed")
-def privacybudget_changed(
+async def privacybudget_changed(
     namespace: str | None,
     name: str,
     logger: kopf.Logger,
     **kwargs: Any,
 ) -> None:
-    """Re-evaluate the policies that name this budget (created, changed or deleted)."""
+    """Re-evaluate the policies that name this budget (created, changed or deleted).
+
+    Async, and a no-op without dependent policies: it runs on every status write of a
+    budget, i.e. on every group commit of the accountant.
+    """
     budgets: BudgetIndex = kwargs["privacybudget_by_name"]
     policies: kopf.Index[tuple[str, str], PolicySnapshot] = kwargs["dppolicy_by_budget"]
     namespace = namespace or ""
@@ -113,7 +118,8 @@ def privacybudget_changed(
         if not changes:
             continue
         try:
-            client.patch_custom_status(
+            await asyncio.to_thread(
+                client.patch_custom_status,
                 group=resources.DP_POLICIES[0],
                 version=resources.DP_POLICIES[1],
                 plural=resources.DP_POLICIES[2],
@@ -126,13 +132,13 @@ def privacybudget_changed(
         logger.info(f"Re-evaluated DPPolicy {policy.name} after PrivacyBudget {name} changed")
 
 
-def _log_ready(logger: kopf.Logger, desired: dppolicy_api.DPPolicyStatus) -> None:
-    ready = next((c for c in desired.conditions if c.type == reconcile.READY), None)
-    if ready is not None:
-        logger.info(f"Reconciled DPPolicy: Ready={ready.status} ({ready.reason})")
-
-
 @kopf.on.event(*resources.DP_POLICIES, id="dppolicy_forget_cached")
 def dppolicy_forget_cached(namespace: str | None, name: str, **_: Any) -> None:
     """Any change to a policy (spec or status hash) must reach the accountant's next check."""
     service.current().forget_policy(namespace or "", name)
+
+
+def _log_ready(logger: kopf.Logger, desired: dppolicy_api.DPPolicyStatus) -> None:
+    ready = next((c for c in desired.conditions if c.type == reconcile.READY), None)
+    if ready is not None:
+        logger.info(f"Reconciled DPPolicy: Ready={ready.status} ({ready.reason})")

@@ -7,6 +7,8 @@ compare-and-swap), so that a reconciliation can never overwrite a charge.
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 import kopf
@@ -21,7 +23,14 @@ def privacybudget_by_name(
     namespace: str | None, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[tuple[str, str], reconcile.BudgetSummary]:
     """Summaries of every budget, keyed by (namespace, name), for policy checks."""
-    return {(namespace or "", name): reconcile.summarise(spec)}
+    return {(namespace or "", name): _summarise(json.dumps(dict(spec), sort_keys=True))}
+
+
+@functools.lru_cache(maxsize=1024)
+def _summarise(spec_json: str) -> reconcile.BudgetSummary:
+    # kopf re-indexes on every event, i.e. on every status write of the ledger; the spec
+    # rarely changes, so the parse is memoised on its canonical JSON.
+    return reconcile.summarise(json.loads(spec_json))
 
 
 @kopf.on.resume(*resources.PRIVACY_BUDGETS, id="privacybudget_reconcile")
