@@ -21,18 +21,19 @@ def limits_for(spec: privacybudget.PrivacyBudgetSpec) -> book.Limits:
         total=accountant.capacity(amounts.exact(spec.epsilon), delta),
         delta=delta,
         teams={
-            quota.team: accountant.capacity(amounts.exact(quota.epsilon), _team_delta(spec, quota))
+            quota.team: accountant.capacity(amounts.exact(quota.epsilon), team_delta(spec, quota))
             for quota in spec.quotas
         },
-        team_deltas={quota.team: _team_delta(spec, quota) for quota in spec.quotas},
+        team_deltas={quota.team: team_delta(spec, quota) for quota in spec.quotas},
         team_epsilons={quota.team: amounts.exact(quota.epsilon) for quota in spec.quotas},
         enforcement=spec.enforcement,
     )
 
 
-def _team_delta(
+def team_delta(
     spec: privacybudget.PrivacyBudgetSpec, quota: privacybudget.TeamQuota
 ) -> decimal.Decimal:
+    """The delta at which a team's spending converts to epsilon."""
     # zcdp and rdp convert a team's spending to epsilon at some delta: the team's own delta
     # when it has one, else the dataset's (a team without a delta share would otherwise
     # have no usable capacity at all under those modes).

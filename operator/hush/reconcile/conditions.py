@@ -30,38 +30,22 @@ def set_condition(
     now: datetime.datetime,
 ) -> list[common.Condition]:
     """Return ``conditions`` with the condition of ``condition_type`` set as given."""
-    updated: list[common.Condition] = []
-    found = False
-    for condition in conditions:
-        if condition.type != condition_type:
-            updated.append(condition)
-            continue
-        found = True
-        transition = (
-            condition.last_transition_time if condition.status == status else format_time(now)
-        )
-        updated.append(
-            common.Condition(
-                type=condition_type,
-                status=status,
-                reason=reason,
-                message=message,
-                observed_generation=observed_generation,
-                last_transition_time=transition,
-            )
-        )
-    if not found:
-        updated.append(
-            common.Condition(
-                type=condition_type,
-                status=status,
-                reason=reason,
-                message=message,
-                observed_generation=observed_generation,
-                last_transition_time=format_time(now),
-            )
-        )
-    return updated
+    previous = find(conditions, condition_type)
+    updated = common.Condition(
+        type=condition_type,
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=observed_generation,
+        last_transition_time=(
+            previous.last_transition_time
+            if previous is not None and previous.status == status
+            else format_time(now)
+        ),
+    )
+    if previous is None:
+        return [*conditions, updated]
+    return [updated if item.type == condition_type else item for item in conditions]
 
 
 def find(conditions: Sequence[common.Condition], condition_type: str) -> common.Condition | None:

@@ -21,6 +21,7 @@ import pydantic
 
 from hush.api import common, privacybudget
 from hush.api import ledger as ledger_wire
+from hush.ledger import limits
 from hush.privacy import accounting, amounts
 from hush.reconcile import conditions as conditions_module
 
@@ -117,14 +118,6 @@ def _delta_spend(
     return _spend(total, accountant.delta_spent(spent))
 
 
-def _team_delta(
-    spec: privacybudget.PrivacyBudgetSpec, quota: privacybudget.TeamQuota
-) -> decimal.Decimal:
-    if spec.accounting != "pure" and quota.delta == 0:
-        return amounts.exact(spec.delta)
-    return amounts.exact(quota.delta)
-
-
 def evaluate(
     spec: Mapping[str, Any],
     *,
@@ -194,13 +187,21 @@ def evaluate(
     # NearExhaustion looks at the dataset total and at every team quota: a team that has
     # spent 95% of its quota needs its owner's attention even if the dataset has room.
     team_units = {team.team: list(team.spent) for team in ledger.teams} if ledger else {}
+    team_spent_units = {
+        quota.team: accountant.from_json(team_units.get(quota.team, [])) for quota in parsed.quotas
+    }
+    team_spent_epsilon = {
+        quota.team: accountant.epsilon_spent(
+            team_spent_units[quota.team], limits.team_delta(parsed, quota)
+        )
+        for quota in parsed.quotas
+    }
     usage = [("the dataset", spent_epsilon, total_epsilon)]
-    for quota in parsed.quotas:
-        if quota.epsilon > 0:
-            team_spent_epsilon = accountant.epsilon_spent(
-                accountant.from_json(team_units.get(quota.team, [])), _team_delta(parsed, quota)
-            )
-            usage.append((f"team {quota.team}", team_spent_epsilon, amounts.exact(quota.epsilon)))
+    usage += [
+        (f"team {quota.team}", team_spent_epsilon[quota.team], amounts.exact(quota.epsilon))
+        for quota in parsed.quotas
+        if quota.epsilon > 0
+    ]
     who, worst_spent, worst_total = max(usage, key=lambda item: item[1] / item[2])
     fraction = worst_spent / worst_total
     crossed = [alert for alert in sorted(parsed.alerts) if fraction >= amounts.exact(alert)]
@@ -253,17 +254,16 @@ def evaluate(
         elif crossed:
             state = "NearExhaustion"
 
-    teams = []
-    for quota in parsed.quotas:
-        units = accountant.from_json(team_units.get(quota.team, []))
-        team_spent = accountant.epsilon_spent(units, _team_delta(parsed, quota))
-        teams.append(
-            privacybudget.TeamSpend(
-                team=quota.team,
-                epsilon=_spend(amounts.exact(quota.epsilon), team_spent),
-                delta=_delta_spend(accountant, amounts.exact(quota.delta), units),
-            )
+    teams = [
+        privacybudget.TeamSpend(
+            team=quota.team,
+            epsilon=_spend(amounts.exact(quota.epsilon), team_spent_epsilon[quota.team]),
+            delta=_delta_spend(
+                accountant, amounts.exact(quota.delta), team_spent_units[quota.team]
+            ),
         )
+        for quota in parsed.quotas
+    ]
     return privacybudget.PrivacyBudgetStatus(
         observed_generation=generation,
         conditions=updated,
