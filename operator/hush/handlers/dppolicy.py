@@ -113,8 +113,7 @@ async def privacybudget_changed(
     namespace = namespace or ""
     for policy in policies.get((namespace, name), []):
         desired = _evaluate(namespace, policy.spec, policy.generation, policy.status, budgets)
-        fields = status_patch.status_fields(desired)
-        changes = {key: value for key, value in fields.items() if policy.status.get(key) != value}
+        changes = status_patch.changed_fields(policy.status, desired)
         if not changes:
             continue
         try:

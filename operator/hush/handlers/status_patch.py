@@ -13,17 +13,17 @@ import kopf
 import pydantic
 
 
-def status_fields(model: pydantic.BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+def changed_fields(current: Mapping[str, Any], desired: pydantic.BaseModel) -> dict[str, Any]:
+    """The top-level status fields of ``desired`` that differ from ``current``."""
+    fields = desired.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {key: value for key, value in fields.items() if current.get(key) != value}
 
 
 def apply_status(
     patch: kopf.Patch, current: Mapping[str, Any], desired: pydantic.BaseModel
 ) -> bool:
     """Put the fields of ``desired`` that differ from ``current`` into ``patch``."""
-    changed = False
-    for key, value in status_fields(desired).items():
-        if current.get(key) != value:
-            patch.status[key] = value
-            changed = True
-    return changed
+    changes = changed_fields(current, desired)
+    for key, value in changes.items():
+        patch.status[key] = value
+    return bool(changes)

@@ -9,8 +9,10 @@ Lease. Configuration comes from the in-cluster ServiceAccount when present, else
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
+import secrets
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
@@ -151,9 +153,6 @@ def create_event(
     component: str = "hush-operator",
 ) -> None:
     """Record a core/v1 Event about ``involved`` (its apiVersion, kind, metadata)."""
-    import datetime
-    import secrets
-
     metadata = involved["metadata"]
     now = datetime.datetime.now(datetime.UTC)
     api = kubernetes.client.CoreV1Api(api_client())
