@@ -34,19 +34,6 @@ import operator_process
 import spending
 
 
-def _budget(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "hush.dev/v1alpha1",
-        "kind": "PrivacyBudget",
-        "metadata": {"name": name},
-        "spec": {
-            "dataset": name,
-            "epsilon": 1_000_000,
-            "quotas": [{"team": "analytics", "epsilon": 1_000_000}],
-        },
-    }
-
-
 async def _fire(url: str, cert: Path, token: str, clients: int, charges: int) -> list[float]:
     context = operator_process.client_ssl_context(cert)
     latencies: list[float] = []
@@ -97,11 +84,12 @@ def run(
             timeout=60,
             description="default ServiceAccount",
         )
-        hush_resources.create(api, namespace, _budget("bench"))
+        budget = spending.budget_manifest("bench", team_epsilon=1_000_000, total=1_000_000)
+        hush_resources.create(api, namespace, budget)
         policy = spending.count_policy_manifest("bench", budget="bench", epsilon=0.001)
         hush_resources.create(api, namespace, policy)
         token = spending.pod_bound_token(api, namespace, "bench")
-        cert, key = operator_process.write_self_signed_certificate(workdir)
+        cert, key = operator_process.write_serving_certificate(workdir)
         port = operator_process.free_port()
         os.environ["HUSH_LEDGER_MAX_BATCH"] = str(max_batch)
         with operator_process.running_operator(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import ipaddress
 import os
 import socket
 import ssl
@@ -14,10 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from hush.dev import pki
 
 import waiting
 
@@ -29,34 +25,15 @@ def free_port() -> int:
         return port
 
 
-def write_self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A serving certificate for 127.0.0.1 (it is its own CA); returns (cert, key) paths."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hush-accountant")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+def write_serving_certificate(directory: Path) -> tuple[Path, Path]:
+    """A serving certificate for 127.0.0.1; returns (certificate chain, key) paths. The
+    chain file is also the clients' trust bundle."""
     cert_path, key_path = directory / "tls.crt", directory / "tls.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    pki.write_loopback_serving_files(
+        cert_path,
+        key_path,
+        common_name="hush-accountant",
+        now=datetime.datetime.now(datetime.UTC),
     )
     return cert_path, key_path
 

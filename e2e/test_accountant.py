@@ -36,7 +36,7 @@ def accountant(
 ) -> Iterator[dict[str, Any]]:
     hush_resources.install_crds(api_client)
     directory = tmp_path_factory.mktemp("accountant")
-    cert, key = operator_process.write_self_signed_certificate(directory)
+    cert, key = operator_process.write_serving_certificate(directory)
     port = operator_process.free_port()
     with operator_process.running_operator(
         kubeconfig,
@@ -60,10 +60,6 @@ def _policy(name: str, budget: str) -> dict[str, Any]:
     )
 
 
-def _sidecar_pod_token(api_client: client.ApiClient, namespace: str, policy: str) -> str:
-    return spending.pod_bound_token(api_client, namespace, policy)
-
-
 def _setup(
     api_client: client.ApiClient, namespace: str, *, team_epsilon: float, name: str = "survey"
 ) -> str:
@@ -72,7 +68,7 @@ def _setup(
     hush_resources.wait_for_condition(
         api_client, namespace, "PrivacyBudget", name, status="True", reason="Accepted"
     )
-    return _sidecar_pod_token(api_client, namespace, name)
+    return spending.pod_bound_token(api_client, namespace, name)
 
 
 def _spend_body(request_id: str, policy: str = "survey") -> dict[str, Any]:
@@ -101,10 +97,6 @@ def _session(accountant: dict[str, Any]) -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(ssl=context, limit=64),
         timeout=aiohttp.ClientTimeout(total=120),
     )
-
-
-def _ledger(api_client: client.ApiClient, namespace: str, name: str) -> wire.Ledger:
-    return spending.ledger(api_client, namespace, name)
 
 
 def test_concurrent_charges_never_exceed_the_quota(
@@ -197,7 +189,7 @@ def test_reserve_commit_release_and_idempotent_retries(
     assert results["release2"][1]["outcome"] == "released"
     assert results["malformed"][0] == 400
     # Spent: r1 (committed) and r3 (open reservation counts as spent); r2 was refunded.
-    ledger = _ledger(api_client, namespace, "survey")
+    ledger = spending.ledger(api_client, namespace, "survey")
     assert [entry.action for entry in ledger.entries] == [
         "reserve", "commit", "reserve", "release", "reserve",
     ]  # fmt: skip
@@ -230,7 +222,7 @@ def test_tokens_of_other_pods_policies_and_namespaces_are_refused(
             timeout=60,
             description=f"the default ServiceAccount in {elsewhere}",
         )
-        foreign_token = _sidecar_pod_token(api_client, elsewhere, "survey")
+        foreign_token = spending.pod_bound_token(api_client, elsewhere, "survey")
         results = _token_scenario(accountant, token, other_token, wrong_audience, foreign_token)
     finally:
         core.delete_namespace(elsewhere)
@@ -242,7 +234,7 @@ def test_tokens_of_other_pods_policies_and_namespaces_are_refused(
     assert results["wrong-audience"][0] == 401
     assert results["no-token"][0] == 401
     assert results["undeclared-cost"][0] == 403
-    assert _ledger(api_client, namespace, "survey").sequence == 1  # only "own" was charged
+    assert spending.ledger(api_client, namespace, "survey").sequence == 1  # only "own" was charged
 
 
 def _token_scenario(
@@ -387,7 +379,7 @@ def test_calendar_renewal_refills_each_window_and_keeps_the_lifetime_loss(
     hush_resources.wait_for_condition(
         api_client, namespace, "PrivacyBudget", "daily", status="True", reason="Accepted"
     )
-    token = _sidecar_pod_token(api_client, namespace, "daily")
+    token = spending.pod_bound_token(api_client, namespace, "daily")
     counter = iter(range(1_000_000))
 
     async def charge() -> int:

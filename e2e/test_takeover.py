@@ -69,7 +69,7 @@ class Operators:
     started: int = 0
 
     def __post_init__(self) -> None:
-        self.cert, self.key = operator_process.write_self_signed_certificate(self.directory)
+        self.cert, self.key = operator_process.write_serving_certificate(self.directory)
 
     def start(self, port: int) -> subprocess.Popen[bytes]:
         """Start one operator serving the accountant on ``port``; wait for its liveness."""

@@ -33,28 +33,14 @@ user="$("$bin_dir/kubectl" --kubeconfig "$operator_kubeconfig" config view -o js
   --token="$token" >/dev/null
 operator_log="$state_dir/logs/demo-operator.log"
 # The accountant's serving certificate (in a cluster: a Secret made by cert-manager).
-"$repo/.venv/bin/python" - "$state_dir" <<'PYTHON'
-import datetime, ipaddress, sys
+"$repo/.venv/bin/python" -c '
+import datetime, sys
 from pathlib import Path
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-key = ec.generate_private_key(ec.SECP256R1())
-name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hush-accountant")])
-now = datetime.datetime.now(datetime.UTC)
-cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256()))
+from hush.dev import pki
 out = Path(sys.argv[1])
-(out / "accountant.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-(out / "accountant.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-    serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-PYTHON
+pki.write_loopback_serving_files(out / "accountant.crt", out / "accountant.key",
+    common_name="hush-accountant", now=datetime.datetime.now(datetime.UTC))
+' "$state_dir"
 accountant_port="$("$repo/.venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 KUBECONFIG="$operator_kubeconfig" "$repo/.venv/bin/python" -m hush operator --all-namespaces \
   --log-format text --accountant-port "$accountant_port" --accountant-host 127.0.0.1 \

@@ -256,6 +256,26 @@ def _write_pair(
     _write(pair.key, private_key_pem(key), secret=True)
 
 
+def write_loopback_serving_files(
+    certificate_path: Path,
+    key_path: Path,
+    *,
+    common_name: str,
+    now: datetime.datetime,
+    ip_addresses: Sequence[str] = ("127.0.0.1",),
+) -> None:
+    """A serving certificate for a host process on loopback (the accountant in e2e tests and
+    the demo), signed by a throwaway CA. The certificate file holds the chain, leaf then CA,
+    so clients can use the same file as their trust bundle."""
+    authority = create_certificate_authority(common_name=f"{common_name}-ca", now=now)
+    certificate, key = issue_certificate(
+        authority, common_name=common_name, usage="server", now=now, ip_addresses=ip_addresses
+    )
+    chain = certificate_pem(certificate) + certificate_pem(authority.certificate)
+    _write(certificate_path, chain, secret=False)
+    _write(key_path, private_key_pem(key), secret=True)
+
+
 def write_cluster_pki(files: PkiFiles, *, cluster_name: str, now: datetime.datetime) -> None:
     """Generate every certificate and key of a new cluster into ``files.directory``."""
     authority = create_certificate_authority(common_name=f"{cluster_name}-ca", now=now)
