@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hush.accountant import leadership
+    from hush.webhook import service as webhook_service
 
 
 def register(commands: Any) -> None:
@@ -69,6 +71,30 @@ def register(commands: Any) -> None:
         metavar="NAME",
         help="Name of the Lease (default: hush-operator).",
     )
+    webhook = parser.add_argument_group("admission webhooks")
+    webhook.add_argument(
+        "--webhook-port",
+        type=int,
+        default=None,
+        help="Serve the admission webhooks (HTTPS) on this port. Default: do not serve.",
+    )
+    webhook.add_argument("--webhook-host", default="0.0.0.0", help="Address to listen on.")  # noqa: S104
+    webhook.add_argument("--webhook-tls-cert", type=Path, default=None, metavar="PEM")
+    webhook.add_argument("--webhook-tls-key", type=Path, default=None, metavar="PEM")
+    webhook.add_argument(
+        "--sidecar-image",
+        default=None,
+        metavar="IMAGE@sha256:DIGEST",
+        help="The sidecar image to inject, pinned by digest. Without it, annotated pods are "
+        "refused with a reason.",
+    )
+    webhook.add_argument(
+        "--sidecar-accountant-url",
+        default=None,
+        metavar="URL",
+        help="The accountant's URL as sidecars reach it, e.g. "
+        "https://hush-accountant.hush-system.svc:8443",
+    )
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port."
     )
@@ -97,6 +123,36 @@ def leader_election_settings(
     )
 
 
+def webhook_options(arguments: argparse.Namespace) -> webhook_service.Options:
+    """How to serve the admission webhooks, from the flags (errors name the flag to fix)."""
+    from hush.admission import mutation
+    from hush.webhook import service as webhook_service
+
+    injection = None
+    if arguments.sidecar_image or arguments.sidecar_accountant_url:
+        if not (arguments.sidecar_image and arguments.sidecar_accountant_url):
+            raise SystemExit("--sidecar-image and --sidecar-accountant-url go together")
+        try:
+            injection = mutation.Settings(
+                image=arguments.sidecar_image, accountant_url=arguments.sidecar_accountant_url
+            )
+        except ValueError as error:
+            raise SystemExit(f"--sidecar-image: {error}") from None
+    ssl_context = None
+    if arguments.webhook_port is not None:
+        cert, key = arguments.webhook_tls_cert, arguments.webhook_tls_key
+        if cert is None or key is None:
+            raise SystemExit("--webhook-port needs --webhook-tls-cert and --webhook-tls-key")
+        ssl_context = functools.partial(webhook_service.ssl_context_from_files, str(cert), str(key))
+    return webhook_service.Options(
+        port=arguments.webhook_port,
+        host=arguments.webhook_host,
+        ssl_context=ssl_context,
+        injection=injection,
+        validate=None,  # wired with hush.admission.validation
+    )
+
+
 def run(arguments: argparse.Namespace) -> int:
     # Imported here, not at module level, so that other `hush` commands start fast.
     import kopf
@@ -116,6 +172,10 @@ def run(arguments: argparse.Namespace) -> int:
             leader_election=election,
         )
     )
+
+    from hush.webhook import service as webhook_service
+
+    webhook_service.configure(webhook_options(arguments))
 
     from hush.observability import logging as structured_logging
 

@@ -4,6 +4,6 @@ Importing this package registers every handler with kopf's default registry; ``h
 operator`` imports it and runs kopf. No decision is made here: see ``hush.reconcile``.
 """
 
-from hush.handlers import accountant, dppolicy, privacybudget, startup
+from hush.handlers import accountant, dppolicy, privacybudget, startup, webhook
 
-__all__ = ["accountant", "dppolicy", "privacybudget", "startup"]
+__all__ = ["accountant", "dppolicy", "privacybudget", "startup", "webhook"]

@@ -234,3 +234,31 @@ def replace_lease(
             raise ObjectGoneError(f"leases/{name} in {namespace} no longer exists") from error
         raise
     return _as_dict(written)
+
+
+def read_namespace_labels(name: str, *, timeout: float) -> dict[str, str] | None:
+    """The labels of Namespace ``name`` (None when it does not exist)."""
+    api = kubernetes.client.CoreV1Api(api_client())
+    try:
+        namespace = api.read_namespace(name, _request_timeout=timeout)
+    except exceptions.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return dict(namespace.metadata.labels or {})
+
+
+def read_custom_with_timeout(
+    *, group: str, version: str, plural: str, namespace: str, name: str, timeout: float
+) -> dict[str, Any] | None:
+    """``read_custom`` bounded by ``timeout`` seconds (admission lookups must be fast)."""
+    api = kubernetes.client.CustomObjectsApi(api_client())
+    try:
+        found = api.get_namespaced_custom_object(
+            group, version, namespace, plural, name, _request_timeout=timeout
+        )
+    except exceptions.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return dict(found)

@@ -45,6 +45,23 @@ EPSILON_REMAINING = prometheus_client.Gauge(
     ["namespace", "budget", "team"],
 )
 
+ADMISSION_REQUESTS = prometheus_client.Counter(
+    "hush_admission_requests",
+    "AdmissionReviews answered by the webhook server, by webhook path and decision.",
+    ["webhook", "decision"],
+)
+ADMISSION_LATENCY = prometheus_client.Histogram(
+    "hush_admission_request_seconds",
+    "Time to answer an AdmissionReview, including lookups.",
+    ["webhook"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+ADMISSION_ERRORS = prometheus_client.Counter(
+    "hush_admission_errors",
+    "AdmissionReviews that could not be decided (malformed body, failed lookup).",
+    ["webhook", "reason"],
+)
+
 
 def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped in-cluster
     prometheus_client.start_http_server(port, addr=address)

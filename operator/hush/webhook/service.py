@@ -1,0 +1,108 @@
+"""Running the webhook server inside the operator process: options, start, stop.
+
+Every replica serves webhooks (there is no leader for admission: decisions are pure
+functions of the request and a lookup), so a rolling restart of the operator never leaves
+the apiserver without an answer while another replica is Ready.
+
+The TLS context is created by the caller (from files, or the certificate keeper that
+renews the serving certificate in place); this module only serves with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import ssl
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from hush.admission import mutation
+from hush.api import common
+from hush.kube import client
+from hush.webhook import server
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Options:
+    port: int | None = None  # None: do not serve webhooks
+    host: str = "0.0.0.0"  # noqa: S104 - in a pod, the Service reaches it on the pod IP
+    ssl_context: Callable[[], ssl.SSLContext] | None = None
+    injection: mutation.Settings | None = None
+    validate: server.Validate | None = None
+
+
+class KubeCluster:
+    """``server.Cluster`` over the real API, every call bounded by the lookup timeout."""
+
+    async def read_policy(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return await asyncio.to_thread(
+            client.read_custom_with_timeout,
+            group=common.API_GROUP,
+            version=common.API_VERSION,
+            plural="dppolicies",
+            namespace=namespace,
+            name=name,
+            timeout=server.LOOKUP_TIMEOUT_SECONDS,
+        )
+
+    async def read_namespace_labels(self, name: str) -> Mapping[str, str] | None:
+        return await asyncio.to_thread(
+            client.read_namespace_labels, name, timeout=server.LOOKUP_TIMEOUT_SECONDS
+        )
+
+
+class Service:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        if self.options.port is None:
+            return
+        if self.options.ssl_context is None:
+            raise ValueError("The webhook server needs TLS: give --webhook-tls-cert/-key")
+        webhook_server = server.WebhookServer(
+            KubeCluster(), injection=self.options.injection, validate=self.options.validate
+        )
+        self._runner = web.AppRunner(webhook_server.application(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner,
+            self.options.host,
+            self.options.port,
+            ssl_context=self.options.ssl_context(),
+        )
+        await site.start()
+        logger.info("Started webhooks on %s:%s", self.options.host, self.options.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def ssl_context_from_files(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+_service: Service | None = None
+
+
+def configure(options: Options) -> None:
+    global _service
+    _service = Service(options)
+
+
+def current() -> Service:
+    global _service
+    if _service is None:
+        _service = Service(Options())
+    return _service
