@@ -67,7 +67,9 @@ class Request:
 
 
 def _generated_name(obj: Mapping[str, Any] | None) -> str:
-    metadata = (obj or {}).get("metadata") or {}
+    metadata = (obj or {}).get("metadata")
+    if not isinstance(metadata, Mapping):
+        return ""
     name = metadata.get("name")
     if isinstance(name, str) and name:
         return name

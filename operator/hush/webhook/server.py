@@ -87,7 +87,18 @@ class WebhookServer:
             metrics.ADMISSION_ERRORS.labels(webhook, "too-large").inc()
             answer = review.deny_malformed(review.MalformedReviewError("The body is too large"))
         else:
-            answer = await decide(request)
+            try:
+                answer = await decide(request)
+            except Exception:  # a hostile object must never crash the server or allow
+                metrics.ADMISSION_ERRORS.labels(webhook, "internal").inc()
+                logger.exception("Failed to decide %s on %s", request.describe(), webhook)
+                answer = review.deny(
+                    request.uid,
+                    f"{request.describe()}: Hush could not decide this request (internal "
+                    "error, see the operator's log); it is refused to be safe",
+                    code=500,
+                    reason="InternalError",
+                )
         allowed = bool((answer.get("response") or {}).get("allowed"))
         metrics.ADMISSION_REQUESTS.labels(webhook, "allowed" if allowed else "denied").inc()
         metrics.ADMISSION_LATENCY.labels(webhook).observe(time.perf_counter() - started)
