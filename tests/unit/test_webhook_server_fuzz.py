@@ -147,7 +147,7 @@ def test_hostile_annotated_pods_are_injected_correctly_or_denied_never_passed_ra
 
 
 def test_a_valid_review_is_mutated_and_an_unknown_policy_denied() -> None:
-    pod = {
+    pod: dict[str, Any] = {
         "metadata": {"name": "web", "annotations": {"hush.dev/policy": "survey"}},
         "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 8080}]}]},
     }
