@@ -108,6 +108,7 @@ def test_injects_a_native_sidecar_that_takes_the_apps_port_name() -> None:
     assert injected["image"] == IMAGE
     assert injected["ports"][0] == {"name": "http", "containerPort": 15080, "protocol": "TCP"}
     assert pod["spec"]["containers"][0]["ports"][0]["name"] == mutation.UPSTREAM_PORT_NAME
+    assert pod["metadata"]["labels"] == {mutation.POLICY_LABEL: "survey"}
     assert pod["metadata"]["annotations"] == {
         "hush.dev/policy": "survey",
         "hush.dev/injected": mutation.INJECTOR_VERSION,
@@ -281,3 +282,18 @@ def test_an_allowed_answer_carries_a_base64_json_patch_and_clipped_warnings() ->
     assert json.loads(base64.b64decode(response["patch"])) == patch
     assert review.decode_patch(answer) == patch
     assert len(response["warnings"][0]) == review.MAX_WARNING_LENGTH
+
+
+def test_existing_labels_are_kept_and_the_policy_label_added() -> None:
+    pod = _pod()
+    pod["metadata"]["labels"] = {"app": "web"}
+    patched = apply_patch(pod, list(_mutate(pod).patch))
+    assert patched["metadata"]["labels"] == {"app": "web", mutation.POLICY_LABEL: "survey"}
+
+
+def test_a_policy_name_too_long_for_a_label_is_refused() -> None:
+    pod = _pod()
+    pod["metadata"]["annotations"]["hush.dev/policy"] = "p" * 64
+    decided = _mutate(pod, {**POLICY, "metadata": {"name": "p" * 64}})
+    assert not decided.allowed
+    assert "longer than 63 characters" in decided.message

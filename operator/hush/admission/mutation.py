@@ -19,7 +19,8 @@ refusal with a reason, or nothing to do. The rules:
   app's raw port would be reachable on the node), a missing or unready policy, a policy that
   does not parse.
 - Stamped: ``hush.dev/injected`` (the injector version) and ``hush.dev/policy-hash`` (the
-  hash of the normalised policy spec, the same one the accountant checks).
+  hash of the normalised policy spec, the same one the accountant checks), and labelled
+  ``hush.dev/policy`` so that the operator watches injected pods by label selector.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from hush.injection import sidecar
 from hush.reconcile import dppolicy as dppolicy_reconcile
 
 POLICY_ANNOTATION = "hush.dev/policy"
+POLICY_LABEL = "hush.dev/policy"
+MAX_LABEL_VALUE_LENGTH = 63
 INJECTED_ANNOTATION = "hush.dev/injected"
 POLICY_HASH_ANNOTATION = "hush.dev/policy-hash"
 INJECTOR_VERSION = "v1"
@@ -146,6 +149,13 @@ def mutate_pod(
     if is_injected(pod):
         return Mutation(allowed=True, policy_name=name)
     spec = pod.get("spec") or {}
+    if len(name) > MAX_LABEL_VALUE_LENGTH:
+        return _refuse(
+            f"DP policy name {name} is longer than {MAX_LABEL_VALUE_LENGTH} characters, so "
+            f"pods cannot carry it as the {POLICY_LABEL} label that rollouts track: "
+            "use a shorter policy name",
+            name,
+        )
     if spec.get("hostNetwork"):
         return _refuse(
             f"Pod asks for DP policy {name} but uses the host network: the sidecar cannot "
@@ -224,6 +234,14 @@ def mutate_pod(
         patch.append({"op": "add", "path": "/spec/volumes/-", "value": volume})
     else:
         patch.append({"op": "add", "path": "/spec/volumes", "value": [volume]})
+    # The policy as a label, so the operator can watch exactly the injected pods with a
+    # server-side label selector (rollout progress and drift, hush.rollout).
+    if (pod.get("metadata") or {}).get("labels"):
+        patch.append(
+            {"op": "add", "path": f"/metadata/labels/{_escape(POLICY_LABEL)}", "value": name}
+        )
+    else:
+        patch.append({"op": "add", "path": "/metadata/labels", "value": {POLICY_LABEL: name}})
     for key, value in (
         (INJECTED_ANNOTATION, INJECTOR_VERSION),
         (POLICY_HASH_ANNOTATION, policy_hash),
