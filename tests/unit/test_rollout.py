@@ -1,0 +1,135 @@
+"""Rollout decisions (``hush.rollout.trigger``) and progress (``hush.rollout.progress``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hush.rollout import progress, trigger
+
+OLD, NEW = "sha256:old", "sha256:new"
+
+
+def _deployment(
+    *, rollout: str | None = None, replicas: int = 2, conditions: list[Any] | None = None
+) -> dict[str, Any]:
+    annotations = {"hush.dev/policy": "survey"}
+    if rollout is not None:
+        annotations[trigger.ROLLOUT_ANNOTATION] = rollout
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "team-a"},
+        "spec": {
+            "replicas": replicas,
+            "template": {"metadata": {"annotations": annotations}, "spec": {}},
+        },
+        "status": {"conditions": conditions or []},
+    }
+
+
+def _pod(policy_hash: str | None, *, terminating: bool = False) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"annotations": {}}
+    if policy_hash is not None:
+        metadata["annotations"][trigger.POLICY_HASH_ANNOTATION] = policy_hash
+    if terminating:
+        metadata["deletionTimestamp"] = "2026-11-22T00:00:00Z"
+    return {"metadata": metadata}
+
+
+def test_a_workload_with_stale_pods_rolls_once() -> None:
+    assert trigger.uses_policy(_deployment(), "survey")
+    assert not trigger.uses_policy(_deployment(), "other")
+    assert trigger.needs_rollout(_deployment(), [_pod(OLD), _pod(NEW)], NEW)
+    # Asked already: the new ReplicaSet is on its way.
+    assert not trigger.needs_rollout(_deployment(rollout=NEW), [_pod(OLD)], NEW)
+    # A second change while rolling asks again.
+    assert trigger.needs_rollout(_deployment(rollout=NEW), [_pod(NEW)], "sha256:newer")
+
+
+def test_a_workload_whose_pods_are_current_is_not_touched() -> None:
+    assert not trigger.needs_rollout(_deployment(), [_pod(NEW), _pod(NEW)], NEW)
+    assert not trigger.needs_rollout(_deployment(), [], NEW)
+
+
+def test_the_apply_body_names_only_the_rollout_annotation() -> None:
+    assert trigger.rollout_apply_body(_deployment(), NEW) == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "team-a"},
+        "spec": {"template": {"metadata": {"annotations": {trigger.ROLLOUT_ANNOTATION: NEW}}}},
+    }
+    with pytest.raises(ValueError, match="Job is not rolled"):
+        trigger.rollout_apply_body({"kind": "Job", "metadata": {}}, NEW)
+
+
+@pytest.mark.parametrize(
+    ("pods", "replicas", "conditions", "state", "counts"),
+    [
+        ([_pod(NEW), _pod(NEW)], 2, [], "Complete", (2, 0, 2)),
+        ([_pod(NEW), _pod(OLD)], 2, [], "Progressing", (1, 1, 2)),
+        ([_pod(NEW), _pod(NEW), _pod(NEW, terminating=True)], 2, [], "Progressing", (2, 1, 3)),
+        ([_pod(NEW)], 2, [], "Progressing", (1, 0, 1)),
+        (
+            [_pod(OLD), _pod(OLD)],
+            2,
+            [
+                {
+                    "type": "ReplicaFailure",
+                    "status": "True",
+                    "reason": "FailedCreate",
+                    "message": 'pods "web-2" is forbidden: exceeded quota: pods',
+                }
+            ],
+            "Stalled",
+            (0, 2, 2),
+        ),
+        (
+            [_pod(OLD)],
+            1,
+            [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}],
+            "Stalled",
+            (0, 1, 1),
+        ),
+        ([], 0, [], "Complete", (0, 0, 0)),
+    ],
+)
+def test_workload_progress(
+    pods: list[dict[str, Any]],
+    replicas: int,
+    conditions: list[Any],
+    state: str,
+    counts: tuple[int, int, int],
+) -> None:
+    rollout = progress.workload_rollout(
+        _deployment(replicas=replicas, conditions=conditions), pods, NEW
+    )
+    assert rollout.state == state
+    assert (rollout.updated_pods, rollout.stale_pods, rollout.total_pods) == counts
+
+
+def test_policy_conditions_name_the_stalled_workload_and_its_reason() -> None:
+    stalled = progress.workload_rollout(
+        _deployment(
+            conditions=[
+                {
+                    "type": "ReplicaFailure",
+                    "status": "True",
+                    "reason": "FailedCreate",
+                    "message": "exceeded quota: pods",
+                }
+            ]
+        ),
+        [_pod(OLD)],
+        NEW,
+    )
+    done = progress.workload_rollout(_deployment(replicas=1), [_pod(NEW)], NEW)
+    complete, stall = progress.conditions([done, stalled])
+    assert (complete.status, complete.reason) == ("False", "Stalled")
+    assert stall.status == "True"
+    assert "Deployment web: FailedCreate: exceeded quota: pods" in stall.message
+    complete, stall = progress.conditions([done])
+    assert (complete.status, stall.status) == ("True", "False")
+    complete, _ = progress.conditions([])
+    assert complete.status == "True"
