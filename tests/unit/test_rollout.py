@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from hush.rollout import progress, trigger
+from hush.rollout import progress, selectors, trigger
 
 OLD, NEW = "sha256:old", "sha256:new"
 
@@ -133,3 +133,22 @@ def test_policy_conditions_name_the_stalled_workload_and_its_reason() -> None:
     assert (complete.status, stall.status) == ("True", "False")
     complete, _ = progress.conditions([])
     assert complete.status == "True"
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "expected"),
+    [
+        ({"matchLabels": {"app": "web"}}, {"app": "web", "x": "y"}, True),
+        ({"matchLabels": {"app": "web"}}, {"app": "api"}, False),
+        ({"matchExpressions": [{"key": "app", "operator": "In", "values": ["a", "b"]}]},
+         {"app": "b"}, True),
+        ({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["a"]}]},
+         {"app": "a"}, False),
+        ({"matchExpressions": [{"key": "app", "operator": "Exists"}]}, {}, False),
+        ({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]}, {}, True),
+        ({}, {"app": "web"}, False),
+        (None, {"app": "web"}, False),
+    ],
+)  # fmt: skip
+def test_selectors(selector: Any, labels: dict[str, str], expected: bool) -> None:
+    assert selectors.matches(selector, labels) is expected

@@ -1,0 +1,285 @@
+"""The rollout controller: roll workloads when a policy's hash changes, report progress.
+
+Fed by kopf watch events (``hush.handlers.rollout``) for DPPolicies, Deployments,
+StatefulSets, DaemonSets and injected Pods (label ``hush.dev/policy``), it keeps a small
+in-memory picture of each and, per policy, a debounced reconciliation:
+
+1. every workload that uses the policy and has a stale pod gets the rollout annotation by
+   server-side apply (``hush.rollout.trigger``), concurrently — 100 Deployments are
+   triggered in about one round of API calls, not one after another;
+2. ``DPPolicy.status.rollout`` and the ``RolloutComplete`` / ``RolloutStalled`` conditions
+   are computed (``hush.rollout.progress``) and written when they changed;
+3. while anything is still rolling, the policy is looked at again every
+   ``RECHECK_SECONDS``, so a stall that produces no pod event is still reported.
+
+Events arrive in bursts (a rollout of 100 Deployments is thousands of pod events); the
+debounce coalesces them into one reconciliation per policy per ``DEBOUNCE_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from hush.reconcile import conditions as conditions_module
+from hush.rollout import progress, selectors, trigger
+
+logger = logging.getLogger(__name__)
+
+DEBOUNCE_SECONDS = 0.3
+RECHECK_SECONDS = 3.0
+MAX_CONCURRENT_APPLIES = 16
+MAX_LISTED_WORKLOADS = 200  # status stays small (invariant 7's spirit, for policies)
+POLICY_LABEL = "hush.dev/policy"
+
+PolicyKey = tuple[str, str]  # namespace, name
+
+
+@dataclasses.dataclass
+class PolicyState:
+    generation: int
+    policy_hash: str
+    status: Mapping[str, Any]
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class RolloutController:
+    def __init__(
+        self,
+        *,
+        apply_rollout: Callable[[Mapping[str, Any]], Awaitable[None]],
+        patch_policy_status: Callable[[str, str, Mapping[str, Any]], Awaitable[None]],
+        clock: Callable[[], datetime.datetime] = _now,
+    ) -> None:
+        self._apply_rollout = apply_rollout
+        self._patch_policy_status = patch_policy_status
+        self._clock = clock
+        self._policies: dict[PolicyKey, PolicyState] = {}
+        self._workloads: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+        self._pods: dict[tuple[str, str], Mapping[str, Any]] = {}
+        self._scheduled: dict[PolicyKey, asyncio.TimerHandle] = {}
+        self._running: dict[PolicyKey, asyncio.Task[None]] = {}
+        self._written: dict[PolicyKey, dict[str, Any]] = {}
+        self._applied: dict[tuple[str, str, str], str] = {}
+
+    # -- observations (called from kopf event handlers) -------------------------------
+
+    def observe_policy(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        metadata = _mapping(body.get("metadata"))
+        key = (str(metadata.get("namespace") or ""), str(metadata.get("name")))
+        if event_type == "DELETED":
+            self._policies.pop(key, None)
+            self._written.pop(key, None)
+            return
+        status = _mapping(body.get("status"))
+        policy_hash = status.get("policyHash")
+        if not isinstance(policy_hash, str) or not policy_hash:
+            return
+        self._policies[key] = PolicyState(
+            generation=int(metadata.get("generation") or 0),
+            policy_hash=policy_hash,
+            status=dict(status),
+        )
+        self.touch(key)
+
+    def observe_workload(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        metadata = _mapping(body.get("metadata"))
+        namespace = str(metadata.get("namespace") or "")
+        key = (namespace, str(body.get("kind")), str(metadata.get("name")))
+        previous = self._workloads.get(key)
+        policy = trigger.template_annotations(body).get(trigger.POLICY_ANNOTATION)
+        if event_type == "DELETED" or not isinstance(policy, str):
+            self._workloads.pop(key, None)
+        else:
+            self._workloads[key] = body
+            self.touch((namespace, policy))
+        if previous is not None:
+            old_policy = trigger.template_annotations(previous).get(trigger.POLICY_ANNOTATION)
+            if isinstance(old_policy, str) and old_policy != policy:
+                self.touch((namespace, old_policy))
+
+    def observe_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        metadata = _mapping(body.get("metadata"))
+        namespace = str(metadata.get("namespace") or "")
+        key = (namespace, str(metadata.get("name")))
+        policy = _mapping(metadata.get("labels")).get(POLICY_LABEL)
+        if event_type == "DELETED" or not isinstance(policy, str):
+            self._pods.pop(key, None)
+        else:
+            self._pods[key] = body
+        if isinstance(policy, str):
+            self.touch((namespace, policy))
+
+    # -- scheduling ---------------------------------------------------------------------
+
+    def touch(self, key: PolicyKey, delay: float = DEBOUNCE_SECONDS) -> None:
+        """Reconcile ``key`` after ``delay`` (coalescing: an earlier schedule stands)."""
+        if key in self._scheduled or key not in self._policies:
+            return
+        loop = asyncio.get_running_loop()
+        self._scheduled[key] = loop.call_later(delay, self._start, key)
+
+    def _start(self, key: PolicyKey) -> None:
+        self._scheduled.pop(key, None)
+        running = self._running.get(key)
+        if running is not None and not running.done():
+            self.touch(key)  # after the running one
+            return
+        self._running[key] = asyncio.get_running_loop().create_task(self._reconcile_logged(key))
+
+    async def stop(self) -> None:
+        for handle in self._scheduled.values():
+            handle.cancel()
+        self._scheduled.clear()
+        tasks = [task for task in self._running.values() if not task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _reconcile_logged(self, key: PolicyKey) -> None:
+        try:
+            pending = await self.reconcile(key)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("Failed to reconcile the rollout of DPPolicy %s/%s", *key)
+            pending = True
+        if pending:
+            self.touch(key, RECHECK_SECONDS)
+
+    # -- the reconciliation ---------------------------------------------------------------
+
+    def _pods_of(self, namespace: str, policy: str, workload: Mapping[str, Any]) -> list[Any]:
+        selector = _mapping(workload.get("spec")).get("selector")
+        found = []
+        for (pod_namespace, _), pod in self._pods.items():
+            labels = _mapping(_mapping(pod.get("metadata")).get("labels"))
+            if pod_namespace != namespace or labels.get(POLICY_LABEL) != policy:
+                continue
+            if selectors.matches(selector, labels):
+                found.append(pod)
+        return found
+
+    async def reconcile(self, key: PolicyKey) -> bool:
+        """Roll what must roll, write progress; True while the rollout is not complete."""
+        state = self._policies.get(key)
+        if state is None:
+            return False
+        namespace, policy = key
+        desired = state.policy_hash
+        using = sorted(
+            (
+                (workload_key, workload)
+                for workload_key, workload in self._workloads.items()
+                if workload_key[0] == namespace and trigger.uses_policy(workload, policy)
+            ),
+            key=lambda item: item[0],
+        )
+        pods = {workload_key: self._pods_of(namespace, policy, w) for workload_key, w in using}
+        to_roll = [
+            (workload_key, workload)
+            for workload_key, workload in using
+            if self._applied.get(workload_key) != desired
+            and trigger.needs_rollout(workload, pods[workload_key], desired)
+        ]
+        if to_roll:
+            await self._roll(to_roll, desired)
+        rollouts = [
+            progress.workload_rollout(workload, pods[workload_key], desired)
+            for workload_key, workload in using
+        ]
+        await self._write_status(key, state, rollouts, desired)
+        return any(rollout.state != "Complete" for rollout in rollouts)
+
+    async def _roll(
+        self, to_roll: list[tuple[tuple[str, str, str], Mapping[str, Any]]], desired: str
+    ) -> None:
+        limit = asyncio.Semaphore(MAX_CONCURRENT_APPLIES)
+
+        async def roll(workload_key: tuple[str, str, str], workload: Mapping[str, Any]) -> None:
+            async with limit:
+                await self._apply_rollout(trigger.rollout_apply_body(workload, desired))
+            self._applied[workload_key] = desired
+            logger.info(
+                "Rolled %s %s/%s to policy hash %s",
+                workload_key[1],
+                workload_key[0],
+                workload_key[2],
+                desired,
+            )
+
+        results = await asyncio.gather(
+            *(roll(workload_key, workload) for workload_key, workload in to_roll),
+            return_exceptions=True,
+        )
+        for (workload_key, _), result in zip(to_roll, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.warning(
+                    "Could not roll %s %s/%s: %r", workload_key[1], workload_key[0],
+                    workload_key[2], result,
+                )  # fmt: skip
+
+    async def _write_status(
+        self,
+        key: PolicyKey,
+        state: PolicyState,
+        rollouts: list[progress.WorkloadRollout],
+        desired: str,
+    ) -> None:
+        complete, stalled = progress.conditions(rollouts)
+        current = conditions_module.parse(state.status.get("conditions"))
+        updated = current
+        for verdict in (complete, stalled):
+            updated = conditions_module.set_condition(
+                updated,
+                condition_type=verdict.type,
+                status=verdict.status,
+                reason=verdict.reason,
+                message=verdict.message,
+                observed_generation=state.generation,
+                now=self._clock(),
+            )
+        listed = rollouts[:MAX_LISTED_WORKLOADS]
+        rollout = {
+            "desiredHash": desired,
+            "totalWorkloads": len(rollouts),
+            "completeWorkloads": sum(1 for r in rollouts if r.state == "Complete"),
+            "unlistedWorkloads": len(rollouts) - len(listed),
+            "workloads": [
+                {
+                    "kind": r.kind,
+                    "name": r.name,
+                    "desiredHash": r.desired_hash,
+                    "updatedPods": r.updated_pods,
+                    "stalePods": r.stale_pods,
+                    "totalPods": r.total_pods,
+                    "desiredPods": r.desired_pods,
+                    "state": r.state,
+                    **({"message": r.message[:512]} if r.message else {}),
+                }
+                for r in listed
+            ],
+        }
+        changes: dict[str, Any] = {}
+        if state.status.get("rollout") != rollout:
+            changes["rollout"] = rollout
+        condition_dump = [
+            c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in updated
+        ]
+        if state.status.get("conditions") != condition_dump:
+            changes["conditions"] = condition_dump
+        if not changes or self._written.get(key) == changes:
+            return
+        await self._patch_policy_status(key[0], key[1], changes)
+        self._written[key] = changes

@@ -1,0 +1,70 @@
+"""Feed the rollout controller from kopf's watches; start and stop it with the operator.
+
+Handlers are async: the controller schedules its work on the operator's event loop.
+Pods are watched only with the ``hush.dev/policy`` label (the injector sets it), workloads
+all (a pod-template annotation cannot be selected server-side); each handler only hands
+the event body to ``hush.controllers.rollout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from hush.controllers import rollout
+from hush.handlers import resources
+from hush.kube import client, workloads
+from hush.rollout import trigger
+
+
+async def _apply_rollout(body: Mapping[str, Any]) -> None:
+    await asyncio.to_thread(
+        workloads.apply_template_annotation, body, field_manager=trigger.FIELD_MANAGER
+    )
+
+
+async def _patch_policy_status(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    with contextlib.suppress(client.ObjectGoneError):
+        await asyncio.to_thread(
+            client.patch_custom_status,
+            group=resources.DP_POLICIES[0],
+            version=resources.DP_POLICIES[1],
+            plural=resources.DP_POLICIES[2],
+            namespace=namespace,
+            name=name,
+            status=status,
+        )
+
+
+@functools.cache
+def controller() -> rollout.RolloutController:
+    return rollout.RolloutController(
+        apply_rollout=_apply_rollout, patch_policy_status=_patch_policy_status
+    )
+
+
+@kopf.on.event(*resources.DP_POLICIES, id="rollout_policy")
+async def rollout_policy(type: str | None, body: kopf.Body, **_: Any) -> None:
+    controller().observe_policy(type, body)
+
+
+@kopf.on.event("apps", "v1", "deployments", id="rollout_deployment")
+@kopf.on.event("apps", "v1", "statefulsets", id="rollout_statefulset")
+@kopf.on.event("apps", "v1", "daemonsets", id="rollout_daemonset")
+async def rollout_workload(type: str | None, body: kopf.Body, **_: Any) -> None:
+    controller().observe_workload(type, body)
+
+
+@kopf.on.event("", "v1", "pods", labels={rollout.POLICY_LABEL: kopf.PRESENT}, id="rollout_pod")
+async def rollout_pod(type: str | None, body: kopf.Body, **_: Any) -> None:
+    controller().observe_pod(type, body)
+
+
+@kopf.on.cleanup(id="rollout_stop")
+async def rollout_stop(**_: Any) -> None:
+    await controller().stop()
