@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from hush.cli import audit as audit_commands
 from hush.cli import dev as dev_commands
 from hush.cli import ledger as ledger_commands
 from hush.cli import manifests as manifests_commands
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     manifests_commands.register(commands)
     ledger_commands.register(commands)
     sidecar_commands.register(commands)
+    audit_commands.register(commands)
     return parser
 
 

@@ -1,4 +1,8 @@
-"""``hush manifests``: write the generated CRDs (``make manifests`` calls this)."""
+"""``hush manifests``: write the generated manifests (``make manifests`` calls this).
+
+The CRDs go into each directory given; with ``--chart-templates`` the chart's generated
+templates (the ValidatingAdmissionPolicies of ``hush.admission.policies``) go there too.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from hush.admission import policies
 from hush.api import crds
 
 
@@ -16,6 +21,13 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "directories", nargs="+", type=Path, help="Directories to write the CRD YAML files into."
     )
+    parser.add_argument(
+        "--chart-templates",
+        type=Path,
+        default=None,
+        metavar="DIRECTORY",
+        help="Also write the chart's generated templates (ValidatingAdmissionPolicies) here.",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -24,4 +36,6 @@ def run(arguments: argparse.Namespace) -> int:
     for directory in directories:
         for path in crds.write(directory):
             print(f"Wrote {path}")
+    if arguments.chart_templates is not None:
+        print(f"Wrote {policies.write_chart_template(arguments.chart_templates)}")
     return 0
