@@ -2,9 +2,11 @@
 
 kopf watches and patches the objects it handles; this module covers what kopf does not:
 writing the status of an object other than the one being handled (a DPPolicy when its
-PrivacyBudget changes), the accountant's compare-and-swap writes, and the leader-election
-Lease. Configuration comes from the in-cluster ServiceAccount when present, else from
-``KUBECONFIG``/``~/.kube/config``, the same way kopf logs in.
+PrivacyBudget changes), the accountant's compare-and-swap writes, the leader-election
+Lease, and the webhook serving certificates (their Secret and the ``caBundle`` of the webhook
+configurations, both written with compare-and-swap). Configuration comes from the
+in-cluster ServiceAccount when present, else from ``KUBECONFIG``/``~/.kube/config``, the same
+way kopf logs in.
 """
 
 from __future__ import annotations
@@ -245,7 +247,8 @@ def read_namespace_labels(name: str, *, timeout: float) -> dict[str, str] | None
         if error.status == 404:
             return None
         raise
-    return dict(namespace.metadata.labels or {})
+    metadata = namespace.metadata
+    return dict((metadata.labels if metadata is not None else None) or {})
 
 
 def read_custom_with_timeout(
@@ -261,4 +264,158 @@ def read_custom_with_timeout(
         if error.status == 404:
             return None
         raise
-    return dict(found)
+    return _as_dict(found)
+
+
+# -- webhook serving certificates (hush.webhook.certificates) --------------------------------
+
+
+def read_secret(namespace: str, name: str, *, timeout: float) -> dict[str, Any] | None:
+    """The Secret as a dict (``data`` values base64), or None when it does not exist."""
+    api = kubernetes.client.CoreV1Api(api_client())
+    try:
+        found = api.read_namespaced_secret(name, namespace, _request_timeout=timeout)
+    except exceptions.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return _as_dict(found)
+
+
+def _secret_model(body: dict[str, Any]) -> kubernetes.client.V1Secret:
+    model = kubernetes.client.V1Secret.from_dict(body)
+    if model is None:
+        raise ValueError("A Secret body is required")
+    return model
+
+
+def create_secret(namespace: str, body: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+    """Create a Secret; ``ConflictError`` when it exists (another replica created it first)."""
+    api = kubernetes.client.CoreV1Api(api_client())
+    try:
+        created = api.create_namespaced_secret(
+            namespace, _secret_model(body), _request_timeout=timeout
+        )
+    except exceptions.ApiException as error:
+        if error.status == 409:
+            name = body["metadata"]["name"]
+            raise ConflictError(f"secrets/{name} in {namespace} exists") from error
+        raise
+    return _as_dict(created)
+
+
+def replace_secret(
+    namespace: str, name: str, body: dict[str, Any], *, timeout: float
+) -> dict[str, Any]:
+    """PUT a Secret; ``body.metadata.resourceVersion`` makes it a compare-and-swap write."""
+    api = kubernetes.client.CoreV1Api(api_client())
+    try:
+        written = api.replace_namespaced_secret(
+            name, namespace, _secret_model(body), _request_timeout=timeout
+        )
+    except exceptions.ApiException as error:
+        if error.status == 409:
+            raise ConflictError(f"secrets/{name} in {namespace} changed") from error
+        if error.status == 404:
+            raise ObjectGoneError(f"secrets/{name} in {namespace} no longer exists") from error
+        raise
+    return _as_dict(written)
+
+
+# Webhook configurations go through the generic API, as Leases do: a PUT of a typed model
+# would drop any field this client version does not know, and the PUT replaces the object.
+_WEBHOOK_CONFIGURATIONS = {
+    "MutatingWebhookConfiguration": "mutatingwebhookconfigurations",
+    "ValidatingWebhookConfiguration": "validatingwebhookconfigurations",
+}
+_ADMISSION_REGISTRATION = ("admissionregistration.k8s.io", "v1")
+
+
+def read_webhook_configuration(kind: str, name: str, *, timeout: float) -> dict[str, Any] | None:
+    """A Mutating/ValidatingWebhookConfiguration as sent, or None when it does not exist."""
+    api = kubernetes.client.CustomObjectsApi(api_client())
+    try:
+        found = api.get_cluster_custom_object(
+            *_ADMISSION_REGISTRATION, _WEBHOOK_CONFIGURATIONS[kind], name, _request_timeout=timeout
+        )
+    except exceptions.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return _as_dict(found)
+
+
+def replace_webhook_configuration(
+    kind: str, name: str, body: dict[str, Any], *, timeout: float
+) -> dict[str, Any]:
+    """PUT a webhook configuration; its resourceVersion makes it a compare-and-swap write."""
+    api = kubernetes.client.CustomObjectsApi(api_client())
+    plural = _WEBHOOK_CONFIGURATIONS[kind]
+    try:
+        written = api.replace_cluster_custom_object(
+            *_ADMISSION_REGISTRATION, plural, name, body, _request_timeout=timeout
+        )
+    except exceptions.ApiException as error:
+        if error.status == 409:
+            raise ConflictError(f"{plural}/{name} changed") from error
+        if error.status == 404:
+            raise ObjectGoneError(f"{plural}/{name} no longer exists") from error
+        raise
+    return _as_dict(written)
+
+
+# -- listing any resource (the background admission audit, hush.admission.audit) ------------
+
+_LIST_PAGE_SIZE = 500
+
+
+def list_objects(
+    *,
+    group: str,
+    version: str,
+    plural: str,
+    namespace: str | None = None,
+    label_selector: str | None = None,
+) -> list[dict[str, Any]]:
+    """Every object of one resource type, each with its ``apiVersion`` and ``kind``.
+
+    Works for built-in and custom resources alike (``group`` "" is the core group), cluster-
+    wide or in one ``namespace``, paging 500 at a time. List responses leave ``kind`` out of
+    their items; it is put back so that the objects look as admission sees them. A resource
+    type the cluster does not serve (a CRD that is not installed) has no objects.
+    """
+    client = api_client()
+    path = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    if namespace is not None:
+        path += f"/namespaces/{urllib.parse.quote(namespace)}"
+    path += f"/{plural}"
+    found: list[dict[str, Any]] = []
+    continue_token = ""
+    while True:
+        query: list[tuple[str, str | int]] = [("limit", _LIST_PAGE_SIZE)]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        if continue_token:
+            query.append(("continue", continue_token))
+        method, url, headers, _, _ = client.param_serialize(
+            "GET",
+            path,
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = client.call_api(method, url, header_params=headers, _request_timeout=60)
+        body = response.read()  # type: ignore[no-untyped-call]
+        if response.status == 404:
+            return []
+        if not 200 <= response.status < 300:
+            raise exceptions.ApiException(status=response.status, reason=f"GET {path} failed")
+        document = json.loads(body)
+        kind = str(document.get("kind", "")).removesuffix("List")
+        api_version = document.get("apiVersion", version)
+        found += [
+            {"apiVersion": api_version, "kind": kind, **item} for item in document.get("items", [])
+        ]
+        continue_token = (document.get("metadata") or {}).get("continue") or ""
+        if not continue_token:
+            return found
