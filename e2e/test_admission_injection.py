@@ -13,7 +13,6 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-import webhook_setup
 from hush.admission import mutation
 from hush.injection import sidecar
 from hush.sidecar import config
@@ -21,6 +20,7 @@ from hush.sidecar import config
 import hush_resources
 import spending
 import waiting
+import webhook_setup
 
 APP_IMAGE = "registry.invalid/app@sha256:" + "a" * 64
 

@@ -45,6 +45,12 @@ class FakeCluster:
     async def read_namespace_labels(self, name: str) -> Mapping[str, str] | None:
         return {webhooks.ENFORCEMENT_LABEL: "enforce"}
 
+    async def read_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return None
+
+    async def record_event(self, pod: Mapping[str, Any], reason: str, message: str) -> None:
+        raise AssertionError("no event expected")
+
 
 async def _post_all(bodies: list[bytes]) -> list[tuple[int, Any]]:
     app = server.WebhookServer(FakeCluster(), injection=SETTINGS, validate=None).application()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from hush.cli import webhook_certificates
 
 if TYPE_CHECKING:
     from hush.accountant import leadership
@@ -81,6 +82,7 @@ def register(commands: Any) -> None:
     webhook.add_argument("--webhook-host", default="0.0.0.0", help="Address to listen on.")  # noqa: S104
     webhook.add_argument("--webhook-tls-cert", type=Path, default=None, metavar="PEM")
     webhook.add_argument("--webhook-tls-key", type=Path, default=None, metavar="PEM")
+    webhook_certificates.add_arguments(webhook)
     webhook.add_argument(
         "--sidecar-image",
         default=None,
@@ -94,6 +96,13 @@ def register(commands: Any) -> None:
         metavar="URL",
         help="The accountant's URL as sidecars reach it, e.g. "
         "https://hush-accountant.hush-system.svc:8443",
+    )
+    webhook.add_argument(
+        "--break-glass-group",
+        default=None,
+        metavar="GROUP",
+        help="Members of this group may exec/attach/debug into restricted pods; each use is "
+        "recorded in an Event on the pod. Default: nobody.",
     )
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port."
@@ -123,10 +132,13 @@ def leader_election_settings(
     )
 
 
-def webhook_options(arguments: argparse.Namespace) -> webhook_service.Options:
+def webhook_options(
+    arguments: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> webhook_service.Options:
     """How to serve the admission webhooks, from the flags (errors name the flag to fix)."""
     from hush.admission import mutation
     from hush.webhook import service as webhook_service
+    from hush.webhook import validation as webhook_validation
 
     injection = None
     if arguments.sidecar_image or arguments.sidecar_accountant_url:
@@ -140,16 +152,15 @@ def webhook_options(arguments: argparse.Namespace) -> webhook_service.Options:
             raise SystemExit(f"--sidecar-image: {error}") from None
     ssl_context = None
     if arguments.webhook_port is not None:
-        cert, key = arguments.webhook_tls_cert, arguments.webhook_tls_key
-        if cert is None or key is None:
-            raise SystemExit("--webhook-port needs --webhook-tls-cert and --webhook-tls-key")
-        ssl_context = functools.partial(webhook_service.ssl_context_from_files, str(cert), str(key))
+        # The keeper loads the certificate at startup (before the server) and reloads it
+        # in place when it is renewed (hush.webhook.certificates).
+        ssl_context = webhook_certificates.configure_keeper(arguments, environ).loaded_ssl_context
     return webhook_service.Options(
         port=arguments.webhook_port,
         host=arguments.webhook_host,
         ssl_context=ssl_context,
         injection=injection,
-        validate=None,  # wired with hush.admission.validation
+        validate=webhook_validation.Validator(break_glass_group=arguments.break_glass_group),
     )
 
 

@@ -39,6 +39,10 @@ class Cluster(Protocol):
 
     async def read_namespace_labels(self, name: str) -> Mapping[str, str] | None: ...
 
+    async def read_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+    async def record_event(self, pod: Mapping[str, Any], reason: str, message: str) -> None: ...
+
 
 # The validating decision, wired by the service: (request, namespace mode, cluster) ->
 # AdmissionReview answer. Kept as a callable so that the rules (hush.admission.validation)

@@ -55,6 +55,17 @@ class KubeCluster:
             client.read_namespace_labels, name, timeout=server.LOOKUP_TIMEOUT_SECONDS
         )
 
+    async def read_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return await asyncio.to_thread(client.read_pod, namespace, name)
+
+    async def record_event(self, pod: Mapping[str, Any], reason: str, message: str) -> None:
+        await asyncio.to_thread(
+            client.create_event,
+            involved={"apiVersion": "v1", "kind": "Pod", "metadata": pod["metadata"]},
+            reason=reason,
+            message=message,
+        )
+
 
 class Service:
     def __init__(self, options: Options) -> None:
