@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-import webhook_setup
 from hush.rollout import trigger
+from tests import argocd_health
 
 import hush_resources
 import spending
 import waiting
+import webhook_setup
 
 APP_IMAGE = "registry.invalid/app@sha256:" + "a" * 64
 ROLLOUT_TIMEOUT = 180
@@ -207,3 +208,91 @@ def test_a_deployment_that_cannot_roll_is_reported_stalled(
     (workload,) = policy["status"]["rollout"]["workloads"]
     assert workload["state"] == "Stalled"
     assert workload["stalePods"] == 1
+
+
+def test_an_admin_edit_of_a_running_sidecar_is_reported_as_drift(
+    api_client: client.ApiClient, namespace: str, operator_running: dict[str, Any]
+) -> None:
+    current = _setup_policy(api_client, namespace)
+    client.AppsV1Api(api_client).create_namespaced_deployment(namespace, _deployment("edited"))
+    waiting.wait_for(
+        lambda: _rollout_condition(api_client, namespace, "RolloutComplete", "True", current),
+        timeout=ROLLOUT_TIMEOUT,
+        description="RolloutComplete",
+    )
+    (pod_name,) = _pod_hashes(api_client, namespace)
+    core = client.CoreV1Api(api_client)
+    core.patch_namespaced_pod(
+        pod_name,
+        namespace,
+        {
+            "spec": {
+                "initContainers": [
+                    {
+                        "name": "hush-sidecar",
+                        "image": "registry.invalid/not-hush@sha256:" + "e" * 64,
+                    }
+                ]
+            }
+        },
+    )
+
+    def drift_reported() -> dict[str, Any] | None:
+        policy = hush_resources.get(api_client, namespace, "DPPolicy", "survey")
+        drift = (policy.get("status") or {}).get("drift") or {}
+        return drift if drift.get("driftedPods") == 1 else None
+
+    drift = waiting.wait_for(drift_reported, timeout=60, description="drift in DPPolicy status")
+    assert drift["pods"] == [{"name": pod_name, "reasons": ["ImageChanged"]}]
+
+    def drift_event() -> Any:
+        events = core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={pod_name},reason=SidecarDrift"
+        )
+        return events.items[0] if events.items else None
+
+    event = waiting.wait_for(drift_event, timeout=30, description="a SidecarDrift Event")
+    assert "ImageChanged" in event.message
+
+
+def test_argocd_health_checks_on_real_objects(
+    api_client: client.ApiClient, namespace: str, operator_running: dict[str, Any]
+) -> None:
+    """The shipped Lua health checks, run in Lua 5.4 on objects read from this cluster."""
+    old_hash = _setup_policy(api_client, namespace)
+    budget = hush_resources.get(api_client, namespace, "PrivacyBudget", "survey")
+    assert argocd_health.health("hush.dev", "PrivacyBudget", budget)[0] == "Healthy"
+
+    # A paused Deployment does not roll: the policy stays Progressing, deterministically.
+    paused = _deployment("paused")
+    paused["spec"]["paused"] = True
+    client.AppsV1Api(api_client).create_namespaced_deployment(namespace, paused)
+    waiting.wait_for(
+        lambda: _rollout_condition(api_client, namespace, "RolloutComplete", "True", old_hash),
+        timeout=ROLLOUT_TIMEOUT,
+        description="RolloutComplete at the first hash",
+    )
+    policy = hush_resources.get(api_client, namespace, "DPPolicy", "survey")
+    assert argocd_health.health("hush.dev", "DPPolicy", policy)[0] == "Healthy"
+
+    new_hash = _change_policy(api_client, namespace, old_hash)
+    policy = waiting.wait_for(
+        lambda: _rollout_condition(api_client, namespace, "RolloutComplete", "False", new_hash),
+        timeout=ROLLOUT_TIMEOUT,
+        description="RolloutComplete=False while the Deployment is paused",
+    )
+    status, message = argocd_health.health("hush.dev", "DPPolicy", policy)
+    assert status == "Progressing"
+    assert "Rolling out" in message
+
+    hush_resources.create(
+        api_client,
+        namespace,
+        spending.count_policy_manifest("orphan", budget="missing", epsilon=0.1),
+    )
+    orphan = hush_resources.wait_for_condition(
+        api_client, namespace, "DPPolicy", "orphan", status="False", reason="BudgetNotFound"
+    )
+    status, message = argocd_health.health("hush.dev", "DPPolicy", orphan)
+    assert status == "Degraded"
+    assert "BudgetNotFound" in message

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from hush.rollout import progress, selectors, trigger
+from hush.rollout import drift, progress, selectors, trigger
 
 OLD, NEW = "sha256:old", "sha256:new"
 
@@ -152,3 +152,45 @@ def test_policy_conditions_name_the_stalled_workload_and_its_reason() -> None:
 )  # fmt: skip
 def test_selectors(selector: Any, labels: dict[str, str], expected: bool) -> None:
     assert selectors.matches(selector, labels) is expected
+
+
+def _injected_pod(current: str = NEW) -> dict[str, Any]:
+    from hush.admission import mutation
+    from tests.unit.test_admission_mutation import POLICY, SETTINGS, _pod, apply_patch
+
+    policy = {**POLICY}
+    decided = mutation.mutate_pod(_pod(), namespace="team-a", policy=policy, settings=SETTINGS)
+    pod = apply_patch(_pod(), list(decided.patch))
+    pod["metadata"]["uid"] = "uid-1"
+    return pod
+
+
+def test_a_freshly_injected_pod_has_not_drifted() -> None:
+    from tests.unit.test_admission_mutation import HASH, SETTINGS
+
+    assert drift.drift_reasons(_injected_pod(), current_hash=HASH, image=SETTINGS.image) == []
+
+
+def test_edits_and_debug_containers_are_drift_and_a_stale_pod_is_not() -> None:
+    from tests.unit.test_admission_mutation import HASH, SETTINGS
+
+    pod = _injected_pod()
+    pod["spec"]["initContainers"][0]["image"] = "registry.example/evil@sha256:" + "e" * 64
+    pod["spec"]["ephemeralContainers"] = [{"name": "debug", "image": "busybox"}]
+    assert drift.drift_reasons(pod, current_hash=HASH, image=SETTINGS.image) == [
+        "ImageChanged",
+        "EphemeralContainers",
+    ]
+    assert drift.drift_reasons(pod, current_hash="sha256:newer", image=SETTINGS.image) == []
+    bypassed = _injected_pod()
+    del bypassed["spec"]["initContainers"]
+    del bypassed["metadata"]["annotations"]["hush.dev/injected"]
+    assert drift.drift_reasons(bypassed, current_hash=HASH, image=SETTINGS.image) == [
+        "StampMissing",
+        "SidecarMissing",
+    ]
+    loosened = _injected_pod()
+    loosened["spec"]["initContainers"][0]["securityContext"]["privileged"] = True
+    assert drift.drift_reasons(loosened, current_hash=HASH, image=SETTINGS.image) == [
+        "SecurityContextChanged"
+    ]

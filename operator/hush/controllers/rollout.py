@@ -25,8 +25,9 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from hush.observability import metrics
 from hush.reconcile import conditions as conditions_module
-from hush.rollout import progress, selectors, trigger
+from hush.rollout import drift, progress, selectors, trigger
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ DEBOUNCE_SECONDS = 0.3
 RECHECK_SECONDS = 3.0
 MAX_CONCURRENT_APPLIES = 16
 MAX_LISTED_WORKLOADS = 200  # status stays small (invariant 7's spirit, for policies)
+MAX_LISTED_DRIFTED_PODS = 50
 POLICY_LABEL = "hush.dev/policy"
 
 PolicyKey = tuple[str, str]  # namespace, name
@@ -60,10 +62,15 @@ class RolloutController:
         *,
         apply_rollout: Callable[[Mapping[str, Any]], Awaitable[None]],
         patch_policy_status: Callable[[str, str, Mapping[str, Any]], Awaitable[None]],
+        report_drift: Callable[[Mapping[str, Any], str], Awaitable[None]],
+        sidecar_image: str | None,
         clock: Callable[[], datetime.datetime] = _now,
     ) -> None:
         self._apply_rollout = apply_rollout
         self._patch_policy_status = patch_policy_status
+        self._report_drift = report_drift
+        self._sidecar_image = sidecar_image
+        self._reported_drift: set[tuple[str, str]] = set()  # (pod uid, reason)
         self._clock = clock
         self._policies: dict[PolicyKey, PolicyState] = {}
         self._workloads: dict[tuple[str, str, str], Mapping[str, Any]] = {}
@@ -194,16 +201,48 @@ class RolloutController:
             and trigger.needs_rollout(workload, pods[workload_key], desired)
         ]
         if to_roll:
-            await self._roll(to_roll, desired)
+            await self._roll(to_roll, desired, policy)
         rollouts = [
             progress.workload_rollout(workload, pods[workload_key], desired)
             for workload_key, workload in using
         ]
-        await self._write_status(key, state, rollouts, desired)
+        drifted = await self._drift(key, desired)
+        await self._write_status(key, state, rollouts, desired, drifted)
         return any(rollout.state != "Complete" for rollout in rollouts)
 
+    async def _drift(self, key: PolicyKey, desired: str) -> list[tuple[str, list[str]]]:
+        """Drifted pods of the policy (name, reasons); each new reason is reported once."""
+        namespace, policy = key
+        drifted: list[tuple[str, list[str]]] = []
+        for (pod_namespace, pod_name), pod in sorted(self._pods.items()):
+            labels = _mapping(_mapping(pod.get("metadata")).get("labels"))
+            if pod_namespace != namespace or labels.get(POLICY_LABEL) != policy:
+                continue
+            reasons = drift.drift_reasons(pod, current_hash=desired, image=self._sidecar_image)
+            if not reasons:
+                continue
+            drifted.append((pod_name, reasons))
+            uid = str(_mapping(pod.get("metadata")).get("uid"))
+            new = [reason for reason in reasons if (uid, reason) not in self._reported_drift]
+            if new:
+                message = (
+                    f"Pod {pod_name}: injected sidecar drifted from DPPolicy {policy} "
+                    f"({', '.join(new)}); delete the pod so its controller recreates it"
+                )
+                try:
+                    await self._report_drift(pod, message)
+                except Exception as error:  # an Event is best effort; status still says it
+                    logger.warning("Could not post drift Event for %s: %r", pod_name, error)
+                self._reported_drift.update((uid, reason) for reason in new)
+                logger.warning("Detected sidecar drift: %s", message)
+        metrics.DRIFTED_PODS.labels(namespace, policy).set(len(drifted))
+        return drifted
+
     async def _roll(
-        self, to_roll: list[tuple[tuple[str, str, str], Mapping[str, Any]]], desired: str
+        self,
+        to_roll: list[tuple[tuple[str, str, str], Mapping[str, Any]]],
+        desired: str,
+        policy: str,
     ) -> None:
         limit = asyncio.Semaphore(MAX_CONCURRENT_APPLIES)
 
@@ -211,6 +250,7 @@ class RolloutController:
             async with limit:
                 await self._apply_rollout(trigger.rollout_apply_body(workload, desired))
             self._applied[workload_key] = desired
+            metrics.ROLLOUTS_TRIGGERED.labels(workload_key[0], policy).inc()
             logger.info(
                 "Rolled %s %s/%s to policy hash %s",
                 workload_key[1],
@@ -236,6 +276,7 @@ class RolloutController:
         state: PolicyState,
         rollouts: list[progress.WorkloadRollout],
         desired: str,
+        drifted: list[tuple[str, list[str]]],
     ) -> None:
         complete, stalled = progress.conditions(rollouts)
         current = conditions_module.parse(state.status.get("conditions"))
@@ -271,7 +312,16 @@ class RolloutController:
                 for r in listed
             ],
         }
+        drift_status = {
+            "driftedPods": len(drifted),
+            "pods": [
+                {"name": name, "reasons": reasons}
+                for name, reasons in drifted[:MAX_LISTED_DRIFTED_PODS]
+            ],
+        }
         changes: dict[str, Any] = {}
+        if state.status.get("drift") != drift_status:
+            changes["drift"] = drift_status
         if state.status.get("rollout") != rollout:
             changes["rollout"] = rollout
         condition_dump = [

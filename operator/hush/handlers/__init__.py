@@ -4,6 +4,24 @@ Importing this package registers every handler with kopf's default registry; ``h
 operator`` imports it and runs kopf. No decision is made here: see ``hush.reconcile``.
 """
 
-from hush.handlers import accountant, dppolicy, privacybudget, startup, webhook
+# ``certificates`` before ``webhook``: kopf runs startup handlers in registration order, and
+# the webhook server listens with the certificate that the keeper loads first.
+from hush.handlers import (
+    accountant,
+    certificates,
+    dppolicy,
+    privacybudget,
+    rollout,
+    startup,
+    webhook,
+)
 
-__all__ = ["accountant", "dppolicy", "privacybudget", "startup", "webhook"]
+__all__ = [
+    "accountant",
+    "certificates",
+    "dppolicy",
+    "privacybudget",
+    "rollout",
+    "startup",
+    "webhook",
+]

@@ -20,6 +20,7 @@ from hush.controllers import rollout
 from hush.handlers import resources
 from hush.kube import client, workloads
 from hush.rollout import trigger
+from hush.webhook import service as webhook_service
 
 
 async def _apply_rollout(body: Mapping[str, Any]) -> None:
@@ -41,10 +42,23 @@ async def _patch_policy_status(namespace: str, name: str, status: Mapping[str, A
         )
 
 
+async def _report_drift(pod: Mapping[str, Any], message: str) -> None:
+    await asyncio.to_thread(
+        client.create_event,
+        involved={"apiVersion": "v1", "kind": "Pod", "metadata": pod["metadata"]},
+        reason="SidecarDrift",
+        message=message,
+    )
+
+
 @functools.cache
 def controller() -> rollout.RolloutController:
+    injection = webhook_service.current().options.injection
     return rollout.RolloutController(
-        apply_rollout=_apply_rollout, patch_policy_status=_patch_policy_status
+        apply_rollout=_apply_rollout,
+        patch_policy_status=_patch_policy_status,
+        report_drift=_report_drift,
+        sidecar_image=injection.image if injection is not None else None,
     )
 
 

@@ -62,6 +62,17 @@ ADMISSION_ERRORS = prometheus_client.Counter(
     ["webhook", "reason"],
 )
 
+DRIFTED_PODS = prometheus_client.Gauge(
+    "hush_drifted_pods",
+    "Pods whose injected sidecar differs from what the policy and injector produce now.",
+    ["namespace", "policy"],
+)
+ROLLOUTS_TRIGGERED = prometheus_client.Counter(
+    "hush_rollouts_triggered",
+    "Workloads rolled (pod-template annotation applied) after a policy hash changed.",
+    ["namespace", "policy"],
+)
+
 
 def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped in-cluster
     prometheus_client.start_http_server(port, addr=address)
