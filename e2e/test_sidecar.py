@@ -17,6 +17,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -58,11 +59,14 @@ def _answer(path: str) -> dict[str, Any] | None:
 
 
 class _SampleApp(server.BaseHTTPRequestHandler):
+    data_requests = 0  # requests for anything but /healthz, across the whole module
+
     def do_GET(self) -> None:
         path = self.path.split("?")[0]
         if path == "/healthz":
             body, status = b"ok", 200
         else:
+            type(self).data_requests += 1
             answer = _answer(path)
             body = json.dumps(answer).encode() if answer else b"{}"
             status = 200 if answer else 404
@@ -150,6 +154,61 @@ def _running_sidecar(container: dict[str, Any], log_path: Path) -> Iterator[dict
         print(f"Sidecar log ({log_path}):\n{log_path.read_text()[-6000:]}")
 
 
+def _host_container(
+    api_client: client.ApiClient,
+    namespace: str,
+    policy: dict[str, Any],
+    *,
+    app_port: int,
+    accountant_endpoint: dict[str, Any],
+    token_path: Path,
+    **injection_options: Any,
+) -> dict[str, Any]:
+    """The container the injector builds for ``policy``, with the only host substitutions:
+    the token file (a real pod-bound token), the accountant's URL and CA, the listen host."""
+    token_path.write_text(spending.pod_bound_token(api_client, namespace, "survey"))
+    container = injection.build_sidecar_container(
+        policy_name="survey",
+        policy_spec=policy["spec"],
+        policy_hash=policy["status"]["policyHash"],
+        image="registry.invalid/hush:dev",
+        accountant_url="https://hush-accountant.invalid:8443",
+        upstream_port=app_port,
+        listen_port=operator_process.free_port(),
+        admin_port=operator_process.free_port(),
+        **injection_options,
+    )
+    env = container["env"][0]
+    baked = json.loads(env["value"])
+    baked.update(
+        tokenPath=str(token_path),
+        accountantUrl=accountant_endpoint["url"],
+        caPath=str(accountant_endpoint["cert"]),
+        listenHost="127.0.0.1",
+    )
+    env["value"] = json.dumps(baked)
+    return container
+
+
+def _change_policy(api_client: client.ApiClient, namespace: str, policy: dict[str, Any]) -> None:
+    """Lower the first route's epsilon and wait until the operator has hashed the change."""
+    spec = dict(policy["spec"])
+    spec["routes"] = [dict(route) for route in spec["routes"]]
+    spec["routes"][0]["epsilon"] = 0.2
+    hush_resources.patch_spec(api_client, namespace, "DPPolicy", "survey", spec)
+    waiting.wait_for(
+        lambda: (
+            hush_resources.get(api_client, namespace, "DPPolicy", "survey")
+            .get("status", {})
+            .get("policyHash")
+            not in (None, policy["status"]["policyHash"])
+        ),
+        timeout=60,
+        interval=0.1,
+        description="the new policy hash",
+    )
+
+
 def _get(url: str) -> tuple[int, dict[str, str], bytes]:
     try:
         with urllib.request.urlopen(url, timeout=30) as reply:  # noqa: S310 - http only
@@ -175,30 +234,16 @@ def test_answers_are_noised_charged_labelled_cached_and_stop_when_stale(
             api_client, namespace, "DPPolicy", "survey", status="True", reason="Accepted"
         )
         policy_hash = policy["status"]["policyHash"]
-        token = spending.pod_bound_token(api_client, namespace, "survey")
-        token_path = tmp_path / "token"
-        token_path.write_text(token)
-
-        container = injection.build_sidecar_container(
-            policy_name="survey",
-            policy_spec=policy["spec"],
-            policy_hash=policy_hash,
-            image="registry.invalid/hush:dev",
-            accountant_url="https://hush-accountant.invalid:8443",
-            upstream_port=app_port,
-            listen_port=operator_process.free_port(),
-            admin_port=operator_process.free_port(),
+        container = _host_container(
+            api_client,
+            namespace,
+            policy,
+            app_port=app_port,
+            accountant_endpoint=accountant,
+            token_path=tmp_path / "token",
+            # Long enough that the charge below, not the poll, finds the policy stale.
+            policy_check_interval="10m",
         )
-        # The only host substitutions: token file, accountant URL and CA.
-        env = container["env"][0]
-        baked = json.loads(env["value"])
-        baked.update(
-            tokenPath=str(token_path),
-            accountantUrl=accountant["url"],
-            caPath=str(accountant["cert"]),
-            listenHost="127.0.0.1",
-        )
-        env["value"] = json.dumps(baked)
 
         with _running_sidecar(container, tmp_path / "sidecar.log") as ports:
             base = f"http://127.0.0.1:{ports['listen']}"
@@ -253,26 +298,67 @@ def test_answers_are_noised_charged_labelled_cached_and_stop_when_stale(
             ]
             assert {Decimal(entry.epsilon) for entry in reserved} == {Decimal("0.25")}
 
-            # A policy change makes this pod stale: it stops releasing and turns not-ready.
-            spec = dict(policy["spec"])
-            spec["routes"] = [dict(route) for route in spec["routes"]]
-            spec["routes"][0]["epsilon"] = 0.2
-            hush_resources.patch_spec(api_client, namespace, "DPPolicy", "survey", spec)
-            waiting.wait_for(
-                lambda: (
-                    hush_resources.get(api_client, namespace, "DPPolicy", "survey")
-                    .get("status", {})
-                    .get("policyHash")
-                    not in (None, policy_hash)
-                ),
-                timeout=60,
-                description="the new policy hash",
-            )
+            # A policy change makes this pod stale: the next charge is refused, so it stops
+            # releasing and turns not-ready.
+            _change_policy(api_client, namespace, policy)
             status, _, body = _get(f"{base}/ages?fresh=3")
             assert status == 503, body
             assert json.loads(body)["error"] == "stale-policy"
             assert _get(f"http://127.0.0.1:{ports['admin']}/readyz")[0] == 503
             assert _get(f"{base}/count")[0] == 503  # even cached answers stop
+
+
+def test_a_changed_policy_turns_the_sidecar_not_ready_within_its_poll_interval(
+    api_client: client.ApiClient,
+    namespace: str,
+    accountant: dict[str, Any],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    interval = 2.0
+    with _sample_app() as app_port:
+        hush_resources.create(
+            api_client, namespace, spending.budget_manifest("survey", team_epsilon=1.0)
+        )
+        hush_resources.create(api_client, namespace, _policy("survey", "survey", app_port))
+        policy = hush_resources.wait_for_condition(
+            api_client, namespace, "DPPolicy", "survey", status="True", reason="Accepted"
+        )
+        container = _host_container(
+            api_client,
+            namespace,
+            policy,
+            app_port=app_port,
+            accountant_endpoint=accountant,
+            token_path=tmp_path / "token",
+            policy_check_interval=f"{interval:g}s",
+        )
+        assert container["args"][-1] == "--policy-check-interval=2s"
+        data_requests = _SampleApp.data_requests
+        with _running_sidecar(container, tmp_path / "sidecar.log") as ports:
+            readyz = f"http://127.0.0.1:{ports['admin']}/readyz"
+            assert _get(readyz)[0] == 200
+            _change_policy(api_client, namespace, policy)
+            changed = time.monotonic()
+            waiting.wait_for(
+                lambda: _get(readyz)[0] == 503,
+                timeout=interval + 5,  # one interval, plus the operator's watch event
+                interval=0.1,
+                description="the sidecar's /readyz to turn 503 after the policy changed",
+            )
+            noticed = time.monotonic() - changed
+            print(f"The sidecar turned not-ready {noticed:.2f} s after the new policy hash")
+            assert noticed <= interval + 2
+            readiness = json.loads(_get(readyz)[2])
+            assert readiness["status"] == "stale-policy"
+            assert readiness["message"].startswith("Stale policy")
+            # No request reached the sidecar, so nothing was charged or even asked for.
+            assert _SampleApp.data_requests == data_requests
+            budget = hush_resources.get(api_client, namespace, "PrivacyBudget", "survey")
+            assert not ((budget.get("status") or {}).get("ledger") or {}).get("entries")
+            status, _, body = _get(f"http://127.0.0.1:{ports['listen']}/count")
+            assert status == 503, body
+            assert json.loads(body)["error"] == "stale-policy"
+            assert _SampleApp.data_requests == data_requests  # refused before the app
 
 
 pytestmark = pytest.mark.timeout(180)

@@ -113,11 +113,62 @@ def test_sensitivity_may_be_raised_never_lowered(field: dict[str, Any], understa
     assert (status == "True") is (not understated)
 
 
+def test_a_quantile_field_makes_the_policy_not_ready_with_the_alternative() -> None:
+    quantile = {
+        "path": "$.median",
+        "kind": "quantile",
+        "quantile": 0.5,
+        "bounds": {"lower": 0, "upper": 100},
+    }
+    status, reason, message = _ready(_spec(fields=[quantile]))
+    assert (status, reason) == ("False", "QuantileUnsupported")
+    assert "$.median" in message
+    assert "histogram" in message
+
+
+_MEAN = {"path": "$.avg", "kind": "mean", "bounds": {"lower": 0, "upper": 100}, "countPath": "$.n"}
+
+
+@pytest.mark.parametrize(
+    ("count", "ready", "fix"),
+    [
+        ({"path": "$.n", "kind": "count"}, True, ""),
+        ({"path": "$.n", "kind": "count", "contributionsPerIndividual": 3}, True, ""),
+        (None, False, "add {path: $.n, kind: count}"),
+        ({"path": "$.n", "kind": "histogram"}, False, "add {path: $.n, kind: count}"),
+        ({"path": "$.other", "kind": "count"}, False, "add {path: $.n, kind: count}"),
+    ],
+)
+def test_a_mean_must_divide_by_a_count_field_of_its_route(
+    count: dict[str, Any] | None, ready: bool, fix: str
+) -> None:
+    fields = [_MEAN] if count is None else [_MEAN, count]
+    status, reason, message = _ready(_spec(fields=fields))
+    assert (status == "True") is ready, message
+    if not ready:
+        assert reason == "MeanCountNotCovered"
+        assert fix in message
+
+
+def test_a_means_count_must_count_at_least_the_means_contributions() -> None:
+    mean = {**_MEAN, "contributionsPerIndividual": 4}
+    count = {"path": "$.n", "kind": "count", "contributionsPerIndividual": 2}
+    status, reason, message = _ready(_spec(fields=[mean, count]))
+    assert (status, reason) == ("False", "MeanCountNotCovered")
+    assert "raise the count's contributionsPerIndividual" in message
+
+
 def test_hash_ignores_spelled_out_defaults_and_key_order() -> None:
     plain = _spec()
     explicit = copy.deepcopy(plain)
     explicit["routes"][0].update(
-        {"delta": 0.0, "methods": ["GET"], "cacheTTL": "5m", "minCohort": 0}
+        {
+            "delta": 0.0,
+            "methods": ["GET"],
+            "cacheTTL": "5m",
+            "minCohort": 0,
+            "releaseDeadline": "5ms",
+        }
     )
     reordered = dict(reversed(list(plain.items())))
     hashes = {_evaluate(spec).policy_hash for spec in (plain, explicit, reordered)}
@@ -129,6 +180,7 @@ def test_hash_changes_with_any_privacy_relevant_change() -> None:
     base = _evaluate(_spec()).policy_hash
     assert _evaluate(_spec(epsilon=0.2)).policy_hash != base
     assert _evaluate(_spec(minCohort=5)).policy_hash != base
+    assert _evaluate(_spec(releaseDeadline="20ms")).policy_hash != base
 
 
 def test_unparsable_spec_is_reported_not_raised() -> None:

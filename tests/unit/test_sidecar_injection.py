@@ -50,7 +50,7 @@ def test_the_container_is_exactly_the_golden_one() -> None:
         "image": "registry.example/hush@sha256:" + "a" * 64,
         "imagePullPolicy": "IfNotPresent",
         "command": ["hush", "sidecar"],
-        "args": ["--log-format=json"],
+        "args": ["--log-format=json", "--policy-check-interval=10s"],
         "env": [
             {"name": "HUSH_SIDECAR_CONFIG", "value": baked},
             {"name": "HUSH_POLICY_HASH", "value": HASH},
@@ -112,6 +112,13 @@ def test_the_container_is_exactly_the_golden_one() -> None:
     }
 
 
+def test_the_policy_check_interval_is_an_argument_and_must_be_a_positive_duration() -> None:
+    assert _build(policy_check_interval="2s")["args"][-1] == "--policy-check-interval=2s"
+    for bad in ("0s", "soon"):
+        with pytest.raises(config.ConfigError):
+            _build(policy_check_interval=bad)
+
+
 def test_the_baked_config_is_what_the_sidecar_reads() -> None:
     loaded = config.load(_build()["env"][0]["value"])
     assert loaded.policy_hash == HASH
@@ -155,3 +162,11 @@ def test_hush_sidecar_is_a_command_and_refuses_a_missing_config(
     assert "HUSH_SIDECAR_CONFIG is not set" in capsys.readouterr().err
     monkeypatch.setenv("HUSH_SIDECAR_CONFIG", "{}")
     assert cli_main.main(["sidecar", "--log-format=text"]) == 2
+
+
+def test_hush_sidecar_refuses_a_bad_policy_check_interval(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HUSH_SIDECAR_CONFIG", _build()["env"][0]["value"])
+    assert cli_main.main(["sidecar", "--log-format=text", "--policy-check-interval=0s"]) == 2
+    assert "must be positive" in capsys.readouterr().err

@@ -74,6 +74,31 @@ class FakeAccountant:
     committed: list[str] = dataclasses.field(default_factory=list)
     released: list[str] = dataclasses.field(default_factory=list)
     tokens: list[str] = dataclasses.field(default_factory=list)
+    policy_hash: str | None = None  # the DPPolicy's current hash; None: what the pod baked
+    policy_mode: str = "answer"  # answer | deleted | error
+    policy_checks: list[dict[str, str]] = dataclasses.field(default_factory=list)
+
+    async def policy_status(self, request: web.Request) -> web.Response:
+        self.tokens.append(request.headers.get("Authorization", ""))
+        query = dict(request.query)
+        self.policy_checks.append(query)
+        if self.policy_mode == "deleted":
+            return web.json_response(
+                {"outcome": "denied", "message": "DPPolicy stats/survey does not exist"},
+                status=404,
+            )
+        if self.policy_mode == "error":
+            return web.Response(status=503, body=b"standby")
+        current = self.policy_hash or query["policyHash"]
+        stale = current != query["policyHash"]
+        return web.json_response(
+            {
+                "policy": query["policy"],
+                "policyHash": current,
+                "stale": stale,
+                "message": "Stale policy: replace the pod" if stale else "current",
+            }
+        )
 
     async def reserve(self, request: web.Request) -> web.Response:
         self.tokens.append(request.headers.get("Authorization", ""))
@@ -118,6 +143,10 @@ class Harness:
     admin: test_utils.TestClient[web.Request, web.Application]
     servers: list[test_utils.TestServer]
 
+    def sidecar_hash(self) -> str:
+        spec = dppolicy.DPPolicySpec.model_validate(POLICY_SPEC)
+        return policy_reconcile.policy_hash(spec)
+
     async def stop(self) -> None:
         await self.client.close()
         await self.admin.close()
@@ -126,7 +155,12 @@ class Harness:
 
 
 async def start_harness(
-    tmp_path: Path, *, accountant_port: int | None = None, shift: float = 0.5
+    tmp_path: Path,
+    *,
+    accountant_port: int | None = None,
+    shift: float = 0.5,
+    policy: dict[str, Any] | None = None,
+    **sidecar_options: Any,
 ) -> Harness:
     app = FakeApp()
     upstream = web.Application()
@@ -138,11 +172,12 @@ async def start_harness(
     accountant_app.router.add_post("/v1/reserve", fake_accountant.reserve)
     accountant_app.router.add_post("/v1/commit", fake_accountant.close)
     accountant_app.router.add_post("/v1/release", fake_accountant.close)
+    accountant_app.router.add_get("/v1/policy-status", fake_accountant.policy_status)
     accountant_server = test_utils.TestServer(accountant_app, host="127.0.0.1")
     await accountant_server.start_server()
     token = tmp_path / "token"
     token.write_text("pod-token\n")
-    spec = dppolicy.DPPolicySpec.model_validate(POLICY_SPEC)
+    spec = dppolicy.DPPolicySpec.model_validate(policy or POLICY_SPEC)
     settings = config.SidecarConfig(
         policy_name="survey",
         policy_hash=policy_reconcile.policy_hash(spec),
@@ -163,6 +198,7 @@ async def start_harness(
             timeout_seconds=2,
         ),
         planner=pure.shifting_planner(shift),
+        **sidecar_options,
     )
     client = test_utils.TestClient(test_utils.TestServer(sidecar.application()))
     await client.start_server()
@@ -322,6 +358,191 @@ async def test_a_stale_policy_stops_releasing_and_turns_not_ready(harness: Harne
     calls = harness.app.calls
     assert (await harness.client.get("/count?again=1")).status == 503
     assert harness.app.calls == calls  # not even asked
+
+
+MEAN_AND_QUANTILE_SPEC: dict[str, Any] = {
+    **POLICY_SPEC,
+    "routes": [
+        *POLICY_SPEC["routes"],
+        {
+            "path": "/income",
+            "mechanism": "laplace",
+            "epsilon": 0.5,
+            "fields": [
+                {
+                    "path": "$.average",
+                    "kind": "mean",
+                    "bounds": {"lower": 0, "upper": 100},
+                    "countPath": "$.people",
+                },
+                {"path": "$.people", "kind": "count"},
+            ],
+        },
+        {
+            "path": "/median",
+            "mechanism": "laplace",
+            "epsilon": 0.5,
+            "fields": [
+                {
+                    "path": "$.median",
+                    "kind": "quantile",
+                    "quantile": 0.5,
+                    "bounds": {"lower": 0, "upper": 100},
+                }
+            ],
+        },
+    ],
+}
+
+
+async def test_a_mean_is_released_as_noisy_sum_over_noisy_count_in_one_charge(
+    tmp_path: Path,
+) -> None:
+    harness = await start_harness(tmp_path, policy=MEAN_AND_QUANTILE_SPEC)
+    try:
+        harness.app.body = b'{"average": 40.0, "people": 10, "unit": "EUR"}'
+        reply = await harness.client.get("/income")
+        assert reply.status == 200, await reply.text()
+        # The stand-in sampler adds 0.5 to the count (10.5) and to the sum (400.5).
+        assert await reply.json() == {
+            "average": pytest.approx(400.5 / 10.5),
+            "people": 10.5,
+            "unit": "EUR",
+        }
+        [charge] = harness.accountant.reserved
+        assert (charge["route"], Decimal(charge["epsilon"])) == ("/income", Decimal("0.5"))
+    finally:
+        await harness.stop()
+
+
+async def test_a_quantile_route_is_refused_before_the_application_is_asked(
+    tmp_path: Path,
+) -> None:
+    harness = await start_harness(tmp_path, policy=MEAN_AND_QUANTILE_SPEC)
+    try:
+        reply = await harness.client.get("/median")
+        assert reply.status == 501
+        answer = await reply.json()
+        assert answer["error"] == "field-kind-unsupported"
+        assert "histogram" in answer["message"]
+        assert harness.app.calls == 0
+        assert harness.accountant.reserved == []
+        assert (await harness.client.get("/count")).status == 200  # other routes still work
+    finally:
+        await harness.stop()
+
+
+async def _wait_until_not_ready(harness: Harness) -> float:
+    """Seconds until /readyz turns 503 (bounded: fails after 5 s)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while (await harness.admin.get("/readyz")).status == 200:
+        assert loop.time() - started < 5, "the sidecar never noticed its stale policy"
+        await asyncio.sleep(0.01)
+    return loop.time() - started
+
+
+async def test_a_polled_stale_policy_turns_not_ready_without_any_charge(tmp_path: Path) -> None:
+    harness = await start_harness(tmp_path, policy_check_interval=0.05)
+    try:
+        assert (await harness.admin.get("/readyz")).status == 200
+        baked = harness.sidecar_hash()
+        assert harness.accountant.policy_checks[0] == {"policy": "survey", "policyHash": baked}
+        assert harness.accountant.tokens[0] == "Bearer pod-token"
+        harness.accountant.policy_hash = "sha256:" + "f" * 64  # the DPPolicy changed
+        assert await _wait_until_not_ready(harness) < 1.0
+        readiness = await (await harness.admin.get("/readyz")).json()
+        assert readiness == {"status": "stale-policy", "message": "Stale policy: replace the pod"}
+        reply = await harness.client.get("/count")
+        assert reply.status == 503
+        assert (await reply.json())["error"] == "stale-policy"
+        assert harness.accountant.reserved == []
+        assert harness.app.calls == 0
+        checks = len(harness.accountant.policy_checks)
+        await asyncio.sleep(0.2)
+        assert len(harness.accountant.policy_checks) == checks  # stale for good: no more polls
+    finally:
+        await harness.stop()
+
+
+async def test_a_deleted_policy_counts_as_stale(tmp_path: Path) -> None:
+    harness = await start_harness(tmp_path)
+    try:
+        harness.accountant.policy_mode = "deleted"
+        await harness.sidecar.check_policy()
+        assert (await harness.admin.get("/readyz")).status == 503
+    finally:
+        await harness.stop()
+
+
+async def test_a_failed_policy_check_changes_nothing(tmp_path: Path) -> None:
+    harness = await start_harness(tmp_path)
+    try:
+        harness.accountant.policy_mode = "error"
+        await harness.sidecar.check_policy()
+        assert (await harness.admin.get("/readyz")).status == 200
+        assert (await harness.client.get("/count")).status == 200
+        text = await (await harness.admin.get("/metrics")).text()
+        assert 'hush_sidecar_policy_checks_total{outcome="failed"}' in text
+    finally:
+        await harness.stop()
+
+
+class SteppingClock:
+    """A fake monotonic clock for the release deadline: each read advances it by ``tick``."""
+
+    def __init__(self, tick: float) -> None:
+        self.now = 0.0
+        self.tick = tick
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def _overruns(text: str, route: str) -> float:
+    prefix = f'hush_sidecar_release_deadline_overruns_total{{route="{route}"}} '
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].removeprefix(prefix)) if lines else 0.0
+
+
+async def test_the_noising_step_is_padded_to_the_routes_deadline(tmp_path: Path) -> None:
+    clock = SteppingClock(tick=0.001)  # the step "takes" 1 ms of the 5 ms deadline
+    harness = await start_harness(tmp_path, deadline_clock=clock, deadline_sleep=clock.sleep)
+    try:
+        before = _overruns(await (await harness.admin.get("/metrics")).text(), "/count")
+        assert (await harness.client.get("/count")).status == 200
+        assert clock.sleeps == [pytest.approx(0.003)]  # 5 ms - 1 ms of work - 1 ms tick
+        after = _overruns(await (await harness.admin.get("/metrics")).text(), "/count")
+        assert after == before
+    finally:
+        await harness.stop()
+
+
+async def test_an_overrun_is_released_counted_and_logged_without_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clock = SteppingClock(tick=0.012)  # the step "takes" 12 ms: three 5 ms periods
+    harness = await start_harness(tmp_path, deadline_clock=clock, deadline_sleep=clock.sleep)
+    try:
+        before = _overruns(await (await harness.admin.get("/metrics")).text(), "/count")
+        reply = await harness.client.get("/count")
+        assert reply.status == 200
+        assert await reply.json() == {"count": 1234.5}
+        after = _overruns(await (await harness.admin.get("/metrics")).text(), "/count")
+        assert after == before + 1
+        logged = capsys.readouterr()
+        text = logged.out + logged.err
+        assert "Overran the release deadline" in text
+        assert "periods" in text
+        assert "1234" not in text
+    finally:
+        await harness.stop()
 
 
 async def test_an_unreachable_accountant_fails_closed(tmp_path: Path) -> None:

@@ -118,12 +118,30 @@ def test_sums_use_bounds_and_an_explicit_sensitivity_only_raises() -> None:
     assert release.vector_sensitivity(raised, "laplace", 1) == 7
 
 
-@pytest.mark.parametrize("kind", ["mean", "quantile"])
-def test_means_and_quantiles_are_refused(kind: str) -> None:
-    extra = {"quantile": 0.5} if kind == "quantile" else {}
-    field = _field(path="$.m", kind=kind, bounds={"lower": 0, "upper": 1}, **extra)
+def test_quantiles_are_refused_with_501() -> None:
+    field = {"path": "$.m", "kind": "quantile", "quantile": 0.5, "bounds": {"lower": 0, "upper": 1}}
+    with pytest.raises(release.UnsupportedFieldError, match="histogram") as refused:
+        release.vector_sensitivity(dppolicy.Field.model_validate(field), "laplace", 1)
+    assert (refused.value.status, refused.value.reason) == (501, "field-kind-unsupported")
+    the_route = route(fields=[{"path": "$.count", "kind": "count"}, field])
     with pytest.raises(release.UnsupportedFieldError):
-        release.vector_sensitivity(field, "laplace", 1)
+        # Refused before anything is selected: even an answer without the field.
+        release.prepare({"count": 3}, the_route, planner=mechanisms.plan)
+
+
+def test_a_means_noised_sums_have_the_sum_sensitivity_plus_rounding_for_discrete_kinds() -> None:
+    mean = _field(
+        path="$.r[*].avg",
+        kind="mean",
+        bounds={"lower": -2, "upper": 5},
+        countPath="$.r[*].n",
+        contributionsPerIndividual=2,
+    )
+    assert release.vector_sensitivity(mean, "laplace", 1) == 10
+    assert release.vector_sensitivity(mean, "laplace", 3) == 30
+    assert release.vector_sensitivity(mean, "gaussian", 4) == 20
+    assert release.vector_sensitivity(mean, "discreteLaplace", 1) == 11
+    assert release.vector_sensitivity(mean, "discreteGaussian", 4) == 22
 
 
 # -- prepare and apply -------------------------------------------------------------------
@@ -218,6 +236,119 @@ def test_discrete_mechanisms_need_integers() -> None:
         release.prepare({"count": 7.5}, the_route, planner=mechanisms.plan)
 
 
+# -- means -------------------------------------------------------------------------------
+
+MEAN_FIELDS = [
+    {"path": "$.avg", "kind": "mean", "bounds": {"lower": 0, "upper": 100}, "countPath": "$.n"},
+    {"path": "$.n", "kind": "count"},
+]
+
+
+def test_a_mean_is_released_as_noisy_sum_over_noisy_count() -> None:
+    prepared = release.prepare(
+        {"avg": 20.0, "n": 10}, route(fields=MEAN_FIELDS), planner=shifting_planner(5.0)
+    )
+    mean, count = prepared.fields
+    assert mean.values == (200.0,)  # the reconstructed sum is what gets noised
+    assert mean.count_index == 1
+    assert count.values == (10,)
+    released = release.apply(prepared, min_cohort=0)
+    assert released.document == {"avg": pytest.approx(205 / 15), "n": 15.0}
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected_sum"),
+    [({"avg": 150.0, "n": 4}, 400.0), ({"avg": -3.0, "n": 4}, 0.0), ({"avg": None, "n": 0}, 0)],
+)
+def test_a_mean_is_clamped_to_its_bounds_and_may_be_null_only_for_an_empty_cohort(
+    answer: dict[str, Any], expected_sum: float
+) -> None:
+    prepared = release.prepare(answer, route(fields=MEAN_FIELDS), planner=shifting_planner(0.0))
+    assert prepared.fields[0].values == (expected_sum,)
+
+
+def test_the_released_mean_is_clamped_and_its_count_floored_at_one() -> None:
+    bounds = dppolicy.Bounds(lower=0, upper=100)
+    assert release.noisy_mean(500.0, 2.0, bounds) == 100.0
+    assert release.noisy_mean(-5.0, 3.0, bounds) == 0.0
+    assert release.noisy_mean(40.0, -7.0, bounds) == 40.0  # divides by 1, not by -7
+    assert release.noisy_mean(30, 4, bounds) == 7.5
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "message"),
+    [
+        ({"avg": None, "n": 3}, release.FieldValueError, r"\$\.avg is not a number"),
+        ({"avg": "7", "n": 3}, release.FieldValueError, "not a number"),
+        ({"avg": 7.0, "n": -1}, release.FieldValueError, "negative"),
+        ({"avg": 1e308, "n": 10}, release.FieldValueError, "not finite"),
+        ({"avg": 7.0}, release.MissingFieldError, r"\$\.n"),
+    ],
+)
+def test_unusable_means_refuse_the_answer(
+    answer: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    wide = [{**MEAN_FIELDS[0], "bounds": {"lower": 0, "upper": 1e308}}, MEAN_FIELDS[1]]
+    with pytest.raises(error, match=message):
+        release.prepare(answer, route(fields=wide), planner=mechanisms.plan)
+
+
+def test_means_and_counts_are_paired_in_order_and_must_match_in_number() -> None:
+    fields = [
+        {**MEAN_FIELDS[0], "path": "$.g[*].avg", "countPath": "$.g[*].n"},
+        {"path": "$.g[*].n", "kind": "count"},
+    ]
+    document = {"g": [{"avg": 10.0, "n": 2}, {"avg": 30.0, "n": 4}]}
+    prepared = release.prepare(document, route(fields=fields), planner=shifting_planner(0.0))
+    assert prepared.fields[0].values == (20.0, 120.0)
+    mismatched = {"g": [{"avg": 10.0, "n": 2}, {"avg": 30.0, "other": 4}]}
+    with pytest.raises(release.MissingFieldError):
+        release.prepare(mismatched, route(fields=fields), planner=mechanisms.plan)
+    loose = [{**fields[0], "countPath": "$.n"}, {"path": "$.n", "kind": "count"}]
+    with pytest.raises(release.FieldValueError, match="selects 2 values but its countPath"):
+        release.prepare({**document, "n": 6}, route(fields=loose), planner=mechanisms.plan)
+
+
+@pytest.mark.parametrize(
+    "count",
+    [
+        None,
+        {"path": "$.n", "kind": "histogram"},
+        {"path": "$.n", "kind": "count", "contributionsPerIndividual": 1},
+    ],
+)
+def test_a_mean_without_a_covered_count_is_refused_with_the_operators_message(
+    count: dict[str, Any] | None,
+) -> None:
+    mean = {**MEAN_FIELDS[0], "contributionsPerIndividual": 2}
+    the_route = route(fields=[mean] if count is None else [mean, count])
+    with pytest.raises(release.UnsupportedFieldError, match="count") as refused:
+        release.prepare({"avg": 1.0, "n": 3}, the_route, planner=mechanisms.plan)
+    assert refused.value.status == 501
+
+
+def test_discrete_kinds_noise_the_reconstructed_sum_rounded_to_an_integer() -> None:
+    the_route = route(mechanism="discreteLaplace", fields=MEAN_FIELDS)
+    prepared = release.prepare({"avg": 2.5, "n": 3}, the_route, planner=mechanisms.plan)
+    assert prepared.fields[0].values == (8,)  # round(7.5), an integer for the exact sampler
+    assert isinstance(prepared.fields[0].values[0], int)
+    document = release.apply(prepared, min_cohort=0).document
+    assert 0.0 <= document["avg"] <= 100.0
+    assert isinstance(document["n"], int)
+
+
+def test_a_mean_is_nulled_with_its_suppressed_count_wherever_it_sits() -> None:
+    fields = [
+        {**MEAN_FIELDS[0], "path": "$.means[*]", "countPath": "$.groups[*].n"},
+        {"path": "$.groups[*].n", "kind": "count"},
+    ]
+    document = {"means": [50.0, 60.0], "groups": [{"n": 3}, {"n": 40}]}
+    prepared = release.prepare(document, route(fields=fields), planner=shifting_planner(0.0))
+    released = release.apply(prepared, min_cohort=10)
+    assert released.document == {"means": [None, 60.0], "groups": [{"n": None}, {"n": 40.0}]}
+    assert set(released.suppressed) == {"$.groups[0].n", "$.means[0]"}
+
+
 def test_a_value_selected_by_two_fields_is_refused() -> None:
     the_route = route(
         fields=[{"path": "$.h.*", "kind": "histogram"}, {"path": "$.h.a", "kind": "count"}]
@@ -242,7 +373,7 @@ def _true_loss(prepared: release.Prepared, mechanism: kinds.Mechanism) -> Fracti
     return total
 
 
-_FIELD_KINDS = strategies.sampled_from(["count", "sum", "histogram"])
+_FIELD_KINDS = strategies.sampled_from(["count", "sum", "histogram", "mean"])
 
 
 @hypothesis.settings(max_examples=60, deadline=None)
@@ -262,14 +393,20 @@ def test_the_reported_release_is_never_under_noised(
     document: dict[str, Any] = {}
     fields = []
     for index, (kind, length, contributions) in enumerate(shapes):
-        document[f"f{index}"] = list(range(length))
         field: dict[str, Any] = {
             "path": f"$.f{index}[*]",
             "kind": kind,
             "contributionsPerIndividual": contributions,
         }
-        if kind == "sum":
+        document[f"f{index}"] = list(range(length))
+        if kind in ("sum", "mean"):
             field["bounds"] = {"lower": 0, "upper": 3}
+        if kind == "mean":  # a mean brings its count field, noised as its own field
+            document[f"f{index}"] = [{"m": 1.5, "n": value} for value in range(length)]
+            field.update(path=f"$.f{index}[*].m", countPath=f"$.f{index}[*].n")
+            fields.append(
+                {"path": f"$.f{index}[*].n", "kind": "count", "contributionsPerIndividual": 4}
+            )
         fields.append(field)
     the_route = route(mechanism=mechanism, epsilon=epsilon, delta=delta, fields=fields)
     prepared = release.prepare(document, the_route, planner=mechanisms.plan)

@@ -138,14 +138,29 @@ def check_route(policy: Mapping[str, Any], request: protocol.SpendRequest) -> No
         )
 
 
+def current_policy_hash(policy: Mapping[str, Any]) -> str | None:
+    """The hash the operator computed for the policy's spec (None until it has)."""
+    current = (policy.get("status") or {}).get("policyHash")
+    return str(current) if current else None
+
+
+def stale_policy_message(policy: Mapping[str, Any], baked_hash: str | None) -> str | None:
+    """Why a pod that baked ``baked_hash`` runs a stale policy, or None when it does not.
+
+    Not yet hashed (a policy the operator has not reconciled) counts as current: the
+    operator hashes every policy it sees, and refusing then would fail every new pod.
+    """
+    current = current_policy_hash(policy)
+    if baked_hash is None or current is None or current == baked_hash:
+        return None
+    return (
+        f"Stale policy: this pod runs policy hash {baked_hash}, the DPPolicy is now "
+        f"{current}; the pod must be replaced (rolled) before it may release again"
+    )
+
+
 def check_policy_hash(policy: Mapping[str, Any], baked_hash: str | None) -> None:
     """A pod running a stale policy may not release (invariant 6: all-or-nothing rollouts)."""
-    if baked_hash is None:
-        return
-    current = (policy.get("status") or {}).get("policyHash")
-    if current and current != baked_hash:
-        raise DeniedError(
-            f"Stale policy: this pod runs policy hash {baked_hash}, the DPPolicy is now "
-            f"{current}; the pod must be replaced (rolled) before it may release again",
-            status=409,
-        )
+    message = stale_policy_message(policy, baked_hash)
+    if message is not None:
+        raise DeniedError(message, status=409)

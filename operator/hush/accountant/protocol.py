@@ -82,3 +82,16 @@ class Answer(_Message):
     team: str | None = None
     epsilon_remaining: str | None = None
     over_budget: bool = False
+
+
+class PolicyStatus(_Message):
+    """The answer to ``GET /v1/policy-status``: is the caller's baked policy still current?
+
+    Sidecars poll it so that a pod whose policy changed turns not-ready without waiting for
+    a charge to be refused. ``policyHash`` is None until the operator has hashed the policy.
+    """
+
+    policy: str
+    policy_hash: str | None = None
+    stale: bool
+    message: str

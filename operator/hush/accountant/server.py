@@ -5,6 +5,9 @@ Routes (JSON bodies, see ``protocol``):
 - ``POST /v1/commit``   the release happened; the cost stays spent
 - ``POST /v1/release``  the answer was never released; refund the reservation
 - ``POST /v1/charge``   reserve and commit in one step
+- ``GET /v1/policy-status?policy=<name>&policyHash=<baked>``  is the caller's baked policy
+  hash still the DPPolicy's? (read-only, so standby replicas answer it too; sidecars poll it
+  and turn not-ready when stale, before any charge is refused)
 - ``GET /healthz``, ``GET /readyz``
 
 Status codes: 200 done; 400 malformed request; 401 bad token; 403 not allowed for this
@@ -106,6 +109,7 @@ class Accountant:
                 web.post("/v1/charge", self._spend_handler("charge")),
                 web.post("/v1/commit", self._close_handler("commit")),
                 web.post("/v1/release", self._close_handler("release")),
+                web.get("/v1/policy-status", self._policy_status),
                 web.get("/healthz", self._healthz),
                 web.get("/readyz", self._readyz),
             ]
@@ -167,6 +171,31 @@ class Accountant:
             self._policies.clear()
         self._policies[key] = (now + POLICY_CACHE_SECONDS, policy)
         return policy
+
+    async def _policy_status(self, request: web.Request) -> web.Response:
+        """The caller's policy's current hash, authenticated like a charge; never a write."""
+        name = request.query.get("policy", "")
+        baked_hash = request.query.get("policyHash") or None
+        if not 1 <= len(name) <= 253 or (baked_hash is not None and len(baked_hash) > 80):
+            return _refusal(400, "bad-request", "Give ?policy=<name> and ?policyHash=<hash>")
+        try:
+            caller, pod_policy = await self._caller(request)
+            authorization.authorise_policy(caller, pod_policy, name)
+            policy = await self._policy(caller.namespace, name, baked_hash)
+            if policy is None:
+                raise authorization.DeniedError(
+                    f"DPPolicy {caller.namespace}/{name} does not exist", status=404
+                )
+        except _REFUSED as error:
+            return _refusal_for(error)
+        stale = authorization.stale_policy_message(policy, baked_hash)
+        answer = protocol.PolicyStatus(
+            policy=name,
+            policy_hash=authorization.current_policy_hash(policy),
+            stale=stale is not None,
+            message=stale or "The policy hash is current",
+        )
+        return web.json_response(answer.model_dump(mode="json", by_alias=True))
 
     def _spend_handler(self, action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:

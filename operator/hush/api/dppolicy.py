@@ -8,7 +8,9 @@ cannot average the noise away).
 
 Sensitivity follows from a field's kind, bounds and contributions per individual; an
 explicit ``sensitivity`` may only raise it. That check needs arithmetic per kind, so it
-lives in ``hush.reconcile.dppolicy`` and is reported as a condition, not in CEL.
+lives in ``hush.reconcile.dppolicy`` and is reported as a condition, not in CEL, as are the
+checks that relate two fields (a ``mean``'s ``countPath`` must be a ``count`` field of the
+same route) and the refusal of ``quantile`` (docs/design/0010-sidecar-means-and-quantiles.md).
 """
 
 from __future__ import annotations
@@ -91,6 +93,11 @@ class Field(common.ResourceModel):
                 "(self.kind == 'quantile') == has(self.quantile)",
                 "quantile is required for kind quantile and only allowed there (e.g. 0.5)",
             ),
+            (
+                "(self.kind == 'mean') == has(self.countPath)",
+                "countPath is required for kind mean and only allowed there: the JSON path "
+                "of the count (a count field of the same route) that the mean divides by",
+            ),
         )
     )
 
@@ -115,9 +122,19 @@ class Field(common.ResourceModel):
             ("self >= 1", "contributionsPerIndividual must be at least 1")
         ),
     )
+    count_path: str | None = pydantic.Field(
+        default=None,
+        max_length=256,
+        pattern=JSON_PATH_PATTERN,
+        description=(
+            "For kind mean: JSON path of the cohort count(s) of the mean(s), in the same "
+            "answer; must be the path of a count field of the same route."
+        ),
+    )
     quantile: float | None = pydantic.Field(
         default=None,
-        description="For kind quantile: which quantile (0 < q < 1).",
+        description="For kind quantile: which quantile (0 < q < 1). Not supported yet: "
+        "the operator reports such a policy as not Ready.",
         json_schema_extra=common.cel(
             ("self > 0.0 && self < 1.0", "quantile must be between 0 and 1 (e.g. 0.5)")
         ),
@@ -174,6 +191,15 @@ class Route(common.ResourceModel):
         pattern=common.DURATION_PATTERN,
         description="Identical queries within this time get the identical noisy answer.",
     )
+    release_deadline: str = pydantic.Field(
+        default="5ms",
+        max_length=32,
+        pattern=common.DURATION_PATTERN,
+        description=(
+            "The noising step of every answer is padded to this time, so that response "
+            "times do not reveal the noise; 0s turns padding off."
+        ),
+    )
     fields: list[Field] = pydantic.Field(min_length=1, max_length=64)
 
 
@@ -202,6 +228,63 @@ class DPPolicySpec(common.ResourceModel):
     )
 
 
+RolloutState = Literal["Complete", "Progressing", "Stalled"]
+
+
+class WorkloadRollout(common.ResourceModel):
+    """How far one workload that uses the policy has rolled to the current hash."""
+
+    kind: Literal["Deployment", "StatefulSet", "DaemonSet"]
+    name: str = pydantic.Field(max_length=253)
+    desired_hash: str = pydantic.Field(max_length=80)
+    updated_pods: int = pydantic.Field(ge=0, description="Pods running the current hash.")
+    stale_pods: int = pydantic.Field(
+        ge=0, description="Pods running another hash (they refuse to release)."
+    )
+    total_pods: int = pydantic.Field(ge=0)
+    desired_pods: int = pydantic.Field(ge=0)
+    state: RolloutState
+    message: str | None = pydantic.Field(
+        default=None, max_length=512, description="Why a stalled workload cannot roll."
+    )
+
+
+class Rollout(common.ResourceModel):
+    """Rollout of the current policy hash to the workloads whose pods use the policy."""
+
+    desired_hash: str = pydantic.Field(max_length=80)
+    total_workloads: int = pydantic.Field(ge=0)
+    complete_workloads: int = pydantic.Field(ge=0)
+    unlisted_workloads: int = pydantic.Field(
+        default=0, ge=0, description="Workloads beyond the listed 200 (status stays small)."
+    )
+    workloads: list[WorkloadRollout] = pydantic.Field(default_factory=list, max_length=200)
+
+
+DriftReason = Literal[
+    "SidecarMissing",
+    "StampMissing",
+    "ImageChanged",
+    "ConfigMismatch",
+    "SecurityContextChanged",
+    "EphemeralContainers",
+]
+
+
+class DriftedPod(common.ResourceModel):
+    name: str = pydantic.Field(max_length=253)
+    reasons: list[DriftReason] = pydantic.Field(max_length=8)
+
+
+class Drift(common.ResourceModel):
+    """Pods whose sidecar is not what the policy and the injector would produce now."""
+
+    drifted_pods: int = pydantic.Field(ge=0)
+    pods: list[DriftedPod] = pydantic.Field(
+        default_factory=list, max_length=50, description="The first 50 drifted pods, by name."
+    )
+
+
 class DPPolicyStatus(common.ResourceModel):
     """What the operator observed and decided."""
 
@@ -209,4 +292,10 @@ class DPPolicyStatus(common.ResourceModel):
     conditions: list[common.Condition] = common.conditions_field()
     policy_hash: str = pydantic.Field(
         default="", max_length=80, description="Hash of the normalised spec, baked into pods."
+    )
+    rollout: Rollout | None = pydantic.Field(
+        default=None, description="Written by the rollout controller; absent until it has run."
+    )
+    drift: Drift | None = pydantic.Field(
+        default=None, description="Written by the rollout controller; absent until it has run."
     )

@@ -25,6 +25,12 @@ def register(commands: Any) -> None:
         default="HUSH_SIDECAR_CONFIG",
         help="Environment variable holding the baked JSON configuration.",
     )
+    parser.add_argument(
+        "--policy-check-interval",
+        default="10s",
+        help="How often to ask the accountant whether the baked policy hash is still current "
+        "(a duration such as 10s); once it is not, /readyz and covered routes answer 503.",
+    )
     parser.add_argument("--log-format", choices=("json", "text"), default="json")
     parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(handler=run)
@@ -44,14 +50,15 @@ def run(arguments: argparse.Namespace) -> int:
         return 2
     try:
         settings = config.load(raw)
+        interval = config.check_interval_seconds(arguments.policy_check_interval)
     except config.ConfigError as error:
         print(str(error), file=sys.stderr)
         return 2
-    asyncio.run(_serve(settings))
+    asyncio.run(_serve(settings, policy_check_interval=interval))
     return 0
 
 
-async def _serve(settings: Any) -> None:
+async def _serve(settings: Any, *, policy_check_interval: float) -> None:
     from aiohttp import web
 
     from hush.sidecar import accountant_client, proxy
@@ -64,6 +71,7 @@ async def _serve(settings: Any) -> None:
             ca_path=settings.ca_path,
             timeout_seconds=settings.accountant_timeout_seconds,
         ),
+        policy_check_interval=policy_check_interval,
     )
     main = web.AppRunner(sidecar.application(), access_log=None)
     admin = web.AppRunner(sidecar.admin_application(), access_log=None)

@@ -9,11 +9,16 @@ answers are noised, and a policy change means a new pod.
 
 The container runs as non-root with a read-only root filesystem, no capabilities and the
 runtime's default seccomp profile; it is ready only while its policy is current (``/readyz``
-on the admin port turns 503 when the accountant reports the baked hash stale).
+on the admin port turns 503 when the accountant reports the baked hash stale, which the
+sidecar polls for every ``--policy-check-interval``, 10 s by default). The interval is an
+argument rather than part of the baked configuration because it is not privacy-relevant:
+a stale pod's charges are refused by the accountant whatever the interval; polling only
+takes the pod out of its Service sooner.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +30,18 @@ VOLUME_NAME = "hush-accountant"
 MOUNT_PATH = "/var/run/secrets/hush.dev/accountant"
 TOKEN_AUDIENCE = "hush-accountant"  # noqa: S105 - an audience name
 RUN_AS_USER = 65532  # "nonroot" in distroless images
+DEFAULT_POLICY_CHECK_INTERVAL = "10s"
+
+SECURITY_CONTEXT: Mapping[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": RUN_AS_USER,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 DEFAULT_RESOURCES: Mapping[str, Mapping[str, str]] = {
     "requests": {"cpu": "50m", "memory": "64Mi"},
@@ -45,6 +62,7 @@ def build_sidecar_container(
     port_name: str = "http",
     resources: Mapping[str, Mapping[str, str]] = DEFAULT_RESOURCES,
     image_pull_policy: str = "IfNotPresent",
+    policy_check_interval: str = DEFAULT_POLICY_CHECK_INTERVAL,
 ) -> dict[str, Any]:
     """The sidecar container for a pod that runs ``policy_name`` at ``policy_hash``.
 
@@ -67,12 +85,13 @@ def build_sidecar_container(
     )
     baked = settings.to_environment()
     config.load(baked)  # refuse to bake what the sidecar would refuse to run
+    config.check_interval_seconds(policy_check_interval)
     return {
         "name": CONTAINER_NAME,
         "image": image,
         "imagePullPolicy": image_pull_policy,
         "command": ["hush", "sidecar"],
-        "args": ["--log-format=json"],
+        "args": ["--log-format=json", f"--policy-check-interval={policy_check_interval}"],
         "env": [
             {"name": config.ENVIRONMENT_VARIABLE, "value": baked},
             {"name": "HUSH_POLICY_HASH", "value": policy_hash},
@@ -94,16 +113,7 @@ def build_sidecar_container(
             "timeoutSeconds": 2,
         },
         "resources": {kind: dict(values) for kind, values in resources.items()},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "privileged": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": copy.deepcopy(SECURITY_CONTEXT),
         "volumeMounts": [{"name": VOLUME_NAME, "mountPath": MOUNT_PATH, "readOnly": True}],
     }
 

@@ -4,8 +4,11 @@ The L1 sensitivity under add/remove-one-individual neighbouring, where one indiv
 contributes at most ``contributions`` rows:
 - count, histogram: ``contributions`` (histogram bins are disjoint, so the whole vector
   moves by at most that much in L1);
-- sum, mean (its noisy-sum part): ``max(|lower|, |upper|) * contributions``;
-- quantile: ``contributions`` (the utility score of the exponential mechanism).
+- sum, mean (its noisy-sum part; its count is a ``count`` field of its own):
+  ``max(|lower|, |upper|) * contributions``;
+- quantile: ``contributions`` (the utility score of the exponential mechanism). Hush does
+  not release quantiles (the operator reports such a policy not Ready), but the derivation
+  stays so that an explicit ``sensitivity`` is still checked.
 
 A policy may declare a larger sensitivity but never a smaller one: that would silently
 under-noise. ``understated()`` is the check.

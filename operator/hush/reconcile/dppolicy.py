@@ -2,8 +2,11 @@
 
 A policy is ``Ready`` when its spec parses, the ``PrivacyBudget`` it names exists in the
 same namespace and is accepted, that budget has a quota for the policy's team, one release
-of every route fits in that quota, and no field understates its sensitivity. Each failure
-is a ``Ready=False`` reason with a message that says how to fix it.
+of every route fits in that quota, no field understates its sensitivity, every ``mean``
+divides by a ``count`` field of its own route, and no field is a ``quantile`` (the sidecar
+cannot release one soundly from an aggregate answer; see
+docs/design/0010-sidecar-means-and-quantiles.md). Each failure is a ``Ready=False`` reason
+with a message that says how to fix it.
 
 The policy hash is SHA-256 over the canonical JSON of the *normalised* spec (defaults
 filled in, keys sorted), so that spelling a default out, or reordering YAML keys, does not
@@ -45,6 +48,67 @@ def policy_hash(spec: dppolicy.DPPolicySpec) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
+def _field_problem(route: dppolicy.Route, field: dppolicy.Field) -> tuple[str, str] | None:
+    """(reason, message) when ``field`` cannot be released soundly, else None."""
+    where = f"Field {field.path} of route {route.path}"
+    if field.kind == "quantile":
+        return (
+            "QuantileUnsupported",
+            f"{where} is a quantile, which the sidecar cannot release: it sees only the "
+            "application's aggregate answer, and a differentially private quantile needs the "
+            "data itself. Publish a histogram over fixed bins (kind histogram) and read the "
+            "quantile from the noisy histogram, or a mean (kind mean with countPath)",
+        )
+    if sensitivity.understated(field):
+        return (
+            "SensitivityUnderstated",
+            f"{where} declares sensitivity {field.sensitivity}, below the "
+            f"{amounts.display(sensitivity.derived(field))} that its kind, bounds and "
+            "contributionsPerIndividual imply: remove spec sensitivity or raise it",
+        )
+    if field.kind == "mean":
+        problem = mean_count_problem(route, field)
+        if problem is not None:
+            return ("MeanCountNotCovered", problem)
+    return None
+
+
+def mean_count_field(route: dppolicy.Route, mean: dppolicy.Field) -> int | None:
+    """The index in ``route.fields`` of the ``count`` field that ``mean`` divides by."""
+    for index, other in enumerate(route.fields):
+        if other.kind == "count" and other.path == mean.count_path:
+            return index
+    return None
+
+
+def mean_count_problem(route: dppolicy.Route, mean: dppolicy.Field) -> str | None:
+    """Why ``mean`` cannot be released from its route's answer, or None.
+
+    A mean is released as noisy sum / noisy count, and the count is the route's own
+    ``count`` field at ``countPath`` (noised once, released consistently with the mean).
+    The sidecar refuses such a route with this same message.
+    """
+    where = f"Field {mean.path} of route {route.path}"
+    if mean.bounds is None or mean.count_path is None:
+        return f"{where} is a mean without bounds or countPath: set both"
+    index = mean_count_field(route, mean)
+    if index is None:
+        return (
+            f"{where} is a mean whose countPath {mean.count_path} is not a count field of "
+            f"the same route: add {{path: {mean.count_path}, kind: count}} to the route's "
+            "fields, so that the count is noised and the mean divides by the noisy count"
+        )
+    count = route.fields[index]
+    if count.contributions_per_individual < mean.contributions_per_individual:
+        return (
+            f"{where} is a mean over rows of which one person contributes up to "
+            f"{mean.contributions_per_individual}, but its count field {count.path} "
+            f"declares only {count.contributions_per_individual}: the count counts the "
+            "same rows, so raise the count's contributionsPerIndividual"
+        )
+    return None
+
+
 def _readiness(
     spec: dppolicy.DPPolicySpec, budget: budget_module.BudgetSummary | None, namespace: str
 ) -> tuple[bool, str, str]:
@@ -84,15 +148,9 @@ def _readiness(
                 f"{amounts.display(quota.delta)}): lower the route's cost or raise the quota",
             )
         for field in route.fields:
-            if sensitivity.understated(field):
-                return (
-                    False,
-                    "SensitivityUnderstated",
-                    f"Field {field.path} of route {route.path} declares sensitivity "
-                    f"{field.sensitivity}, below the {amounts.display(sensitivity.derived(field))}"
-                    " that its kind, bounds and contributionsPerIndividual imply: remove "
-                    "spec sensitivity or raise it",
-                )
+            problem = _field_problem(route, field)
+            if problem is not None:
+                return (False, *problem)
     return (
         True,
         "Accepted",

@@ -1,4 +1,5 @@
-"""The sidecar's side of the spending protocol: reserve, commit, release over HTTPS.
+"""The sidecar's side of the spending protocol: reserve, commit, release over HTTPS, and the
+policy-status poll (``GET /v1/policy-status``) that tells a pod its baked policy is stale.
 
 Speaks ``hush.accountant.protocol`` (by its JSON shape; the sidecar does not import the
 accountant) with ``Authorization: Bearer <projected ServiceAccount token>``. The token file
@@ -62,6 +63,15 @@ class Grant:
     epsilon_remaining: str | None
 
 
+@dataclasses.dataclass(frozen=True)
+class PolicyStatus:
+    """Whether the pod's baked policy hash is still the DPPolicy's, and why not."""
+
+    stale: bool
+    current_hash: str | None
+    message: str
+
+
 def _amount(value: Decimal) -> str:
     return str(value)
 
@@ -112,12 +122,22 @@ class AccountantClient:
         return self._token[1]
 
     async def _post(self, action: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return await self._call("POST", action, json=body)
+
+    async def _call(
+        self,
+        method: str,
+        action: str,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any]]:
         if self._session is None:
             raise UnreachableError("The accountant client is not started")
         headers = {"Authorization": f"Bearer {self._bearer()}"}
         try:
-            async with self._session.post(
-                f"{self._url}/v1/{action}", json=body, headers=headers
+            async with self._session.request(
+                method, f"{self._url}/v1/{action}", json=json, params=params, headers=headers
             ) as reply:
                 try:
                     answer = await reply.json(content_type=None)
@@ -173,6 +193,25 @@ class AccountantClient:
         if status in (502, 503, 504):
             raise UnreachableError(message)
         raise RefusedError(f"The accountant refused the charge ({status}): {message}")
+
+    async def policy_status(self, *, policy: str, policy_hash: str) -> PolicyStatus:
+        """Is ``policy_hash`` still the policy's? A deleted policy counts as stale."""
+        status, answer = await self._call(
+            "GET", "policy-status", params={"policy": policy, "policyHash": policy_hash}
+        )
+        message = str(answer.get("message") or f"the accountant answered {status}")
+        if status == 200 and isinstance(answer.get("stale"), bool):
+            current = answer.get("policyHash")
+            return PolicyStatus(
+                stale=answer["stale"],
+                current_hash=None if current is None else str(current),
+                message=message,
+            )
+        if status == 404 and answer.get("outcome") == "denied":
+            return PolicyStatus(stale=True, current_hash=None, message=message)
+        if status in (502, 503, 504):
+            raise UnreachableError(message)
+        raise RefusedError(f"The accountant refused the policy status ({status}): {message}")
 
     async def commit(self, *, request_id: str, policy: str) -> None:
         await self._close("commit", request_id, policy)

@@ -104,3 +104,11 @@ def duration_seconds(text: str) -> float:
     if position != len(text) or not text:
         raise ConfigError(f"{text!r} is not a duration like 5m, 1h30m or 250ms")
     return total
+
+
+def check_interval_seconds(text: str) -> float:
+    """Seconds in the policy-check interval (a positive duration such as ``10s``)."""
+    seconds = duration_seconds(text)
+    if seconds <= 0:
+        raise ConfigError(f"The policy check interval must be positive, not {text!r}")
+    return seconds

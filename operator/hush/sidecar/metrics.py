@@ -34,3 +34,14 @@ LATENCY = prometheus_client.Histogram(
     ["route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )
+DEADLINE_OVERRUNS = prometheus_client.Counter(
+    "hush_sidecar_release_deadline_overruns",
+    "Answers whose noising step took longer than the route's releaseDeadline (released, "
+    "padded to the next multiple of it); raise the deadline if this is not rare.",
+    ["route"],
+)
+POLICY_CHECKS = prometheus_client.Counter(
+    "hush_sidecar_policy_checks",
+    "Polls of the accountant's policy status, by outcome (current, stale, failed).",
+    ["outcome"],
+)

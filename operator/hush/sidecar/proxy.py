@@ -4,7 +4,8 @@ For a request on a route of the baked policy, ``Sidecar`` runs the release path 
 architecture (charge before release, invariant 1):
 
     upstream answer -> parse -> plan the cost (``release.prepare``) -> reserve at the
-    accountant -> noise, post-process, suppress (``release.apply``) -> commit -> answer
+    accountant -> noise, post-process, suppress, encode (``release.apply`` and ``render``,
+    padded to the route's ``releaseDeadline`` by ``deadline``) -> commit -> answer
 
 and caches the answer (``cache``) so an identical request within ``cacheTTL`` is answered
 identically and not charged again (invariant 5).
@@ -13,8 +14,9 @@ Fail closed (invariant 3): a route the policy does not list gets 404 (pass-throu
 meant for health checks, are the only exception); a covered route answers only the noisy
 document, with headers the sidecar writes itself. Upstream errors, a body that is not JSON
 or lacks a covered field, an unreachable accountant (503), an exhausted budget (429), a
-stale policy (503, and ``/readyz`` turns not-ready for good) each give a JSON error with a
-stable ``error`` code and a ``message``, never any part of the upstream answer.
+stale policy (503, and ``/readyz`` turns not-ready for good; ``policy_watch`` also polls
+for it) each give a JSON error with a stable ``error`` code and a ``message``, never any
+part of the upstream answer.
 
 The admin application (a separate port, so that no app route can shadow it) serves
 ``/healthz``, ``/readyz`` and ``/metrics``. The access log (structlog) carries request ids,
@@ -23,6 +25,8 @@ route patterns, outcomes and timings, never a path's parameters, a query or a va
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import re
@@ -38,7 +42,7 @@ from aiohttp import web
 
 from hush.api import dppolicy
 from hush.privacy import accounting, amounts, mechanisms
-from hush.sidecar import accountant_client, cache, config, release
+from hush.sidecar import accountant_client, cache, config, deadline, policy_watch, release
 from hush.sidecar import metrics as sidecar_metrics
 
 logger = structlog.get_logger("hush.sidecar")
@@ -83,6 +87,10 @@ class Accountant(Protocol):
 
     async def release(self, *, request_id: str, policy: str) -> None: ...
 
+    async def policy_status(
+        self, *, policy: str, policy_hash: str
+    ) -> accountant_client.PolicyStatus: ...
+
 
 class _RefusedError(Exception):
     def __init__(self, status: int, reason: str, message: str) -> None:
@@ -101,11 +109,26 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(f"^{regex}$")
 
 
+# Threads that sleep out release deadlines; each is held for up to a route's releaseDeadline
+# (5 ms by default), so 16 allow ~3,200 releases per second, far above the accountant's rate.
+NOISE_WORKERS = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class _CompiledRoute:
     route: dppolicy.Route
     regex: re.Pattern[str]
     ttl_seconds: float
+    padding: deadline.ReleaseDeadline  # the route's releaseDeadline
+    unsupported: release.ReleaseError | None  # known from the policy: refused up front
+
+
+def _unsupported(route: dppolicy.Route) -> release.ReleaseError | None:
+    try:
+        release.check_route(route)
+    except release.ReleaseError as error:
+        return error
+    return None
 
 
 class Sidecar:
@@ -119,7 +142,14 @@ class Sidecar:
         planner: release.Planner = mechanisms.plan,
         clock: Callable[[], float] = time.monotonic,
         request_ids: Callable[[], str] = lambda: uuid.uuid4().hex,
+        policy_check_interval: float | None = None,
+        deadline_clock: Callable[[], float] = time.monotonic,
+        deadline_sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``policy_check_interval``: seconds between policy-status polls (None: never).
+
+        ``deadline_clock`` and ``deadline_sleep`` pad the noising step; tests inject fakes.
+        """
         self._config = settings
         self._accountant = accountant
         self._planner = planner
@@ -130,20 +160,34 @@ class Sidecar:
                 route=route,
                 regex=compile_pattern(route.path),
                 ttl_seconds=config.duration_seconds(route.cache_ttl),
+                padding=deadline.ReleaseDeadline(
+                    config.duration_seconds(route.release_deadline),
+                    clock=deadline_clock,
+                    sleep=deadline_sleep,
+                ),
+                unsupported=_unsupported(route),
             )
             for route in settings.policy.routes
         ]
         self._pass_through = [compile_pattern(path) for path in settings.policy.pass_through]
         self._upstream_base = f"http://{settings.upstream_host}:{settings.upstream_port}"
         self._session: aiohttp.ClientSession | None = None
-        self._stale_reason: str | None = None
+        self._noise_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=NOISE_WORKERS, thread_name_prefix="hush-noise"
+        )
+        self._policy = policy_watch.PolicyWatch(
+            policy_name=settings.policy_name,
+            policy_hash=settings.policy_hash,
+            source=accountant,
+            interval_seconds=policy_check_interval,
+        )
         self._started = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        return self._started and self._stale_reason is None
+        return self._started and self._policy.stale_reason is None
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -152,13 +196,20 @@ class Sidecar:
         )
         await self._accountant.start()
         self._started = True
+        self._policy.start()
 
     async def close(self) -> None:
         self._started = False
+        await self._policy.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None
         await self._accountant.close()
+        self._noise_pool.shutdown(wait=True)
+
+    async def check_policy(self) -> None:
+        """Poll the policy status once (the background task does this every interval)."""
+        await self._policy.check()
 
     def application(self) -> web.Application:
         """The proxy itself (the pod's public port)."""
@@ -187,9 +238,10 @@ class Sidecar:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        if self._stale_reason is not None:
+        stale_reason = self._policy.stale_reason
+        if stale_reason is not None:
             return web.json_response(
-                {"status": "stale-policy", "message": self._stale_reason}, status=503
+                {"status": "stale-policy", "message": stale_reason}, status=503
             )
         if not self._started:
             return web.json_response({"status": "starting"}, status=503)
@@ -264,8 +316,12 @@ class Sidecar:
                 "method-not-allowed",
                 f"Route {route.path} allows {', '.join(route.methods)}, not {request.method}",
             )
-        if self._stale_reason is not None:
-            raise _RefusedError(503, "stale-policy", self._stale_reason)
+        stale_reason = self._policy.stale_reason
+        if stale_reason is not None:
+            raise _RefusedError(503, "stale-policy", stale_reason)
+        if compiled.unsupported is not None:
+            error = compiled.unsupported
+            raise _RefusedError(error.status, error.reason, str(error))
         body = await request.read()
         cache_key = cache.key(
             method=request.method,
@@ -322,11 +378,13 @@ class Sidecar:
         if prepared.charge is not None:
             grant = await self._reserve(route, prepared.charge, request_id)
             remaining = grant.epsilon_remaining or "unknown"
-            try:
-                released = release.apply(prepared, min_cohort=route.min_cohort)
-            except release.ReleaseError as error:
+        try:
+            released, body = await self._noise(compiled, prepared, request_id)
+        except release.ReleaseError as error:
+            if prepared.charge is not None:
                 await self._refund(request_id)
-                raise _RefusedError(error.status, error.reason, str(error)) from error
+            raise _RefusedError(error.status, error.reason, str(error)) from error
+        if prepared.charge is not None:
             sidecar_metrics.EPSILON_CHARGED.labels(route.path).inc(float(route.epsilon))
             try:
                 await self._accountant.commit(
@@ -338,17 +396,8 @@ class Sidecar:
                 logger.warning(
                     "Could not commit a reservation", request_id=request_id, reason=error.reason
                 )
-        else:
-            released = release.apply(prepared, min_cohort=route.min_cohort)
-        document = released.document
         if released.suppressed:
             sidecar_metrics.SUPPRESSIONS.labels(route.path).inc(len(released.suppressed))
-            if isinstance(document, dict) and "_dp" not in document:
-                document["_dp"] = {
-                    "suppressed": list(released.suppressed),
-                    "reason": f"Fewer than minCohort={route.min_cohort} individuals (noisy "
-                    "count); the values are null",
-                }
         headers: list[tuple[str, str]] = [
             ("Content-Type", "application/json"),
             ("X-DP-Epsilon", amounts.display(amounts.exact(route.epsilon))),
@@ -359,8 +408,37 @@ class Sidecar:
         ]
         if released.suppressed:
             headers.append(("X-DP-Suppressed", str(len(released.suppressed))))
-        encoded = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
-        return cache.CachedAnswer(status=200, body=encoded, headers=tuple(headers), expires=0.0)
+        return cache.CachedAnswer(status=200, body=body, headers=tuple(headers), expires=0.0)
+
+    async def _noise(
+        self, compiled: _CompiledRoute, prepared: release.Prepared, request_id: str
+    ) -> tuple[release.Released, bytes]:
+        """Everything whose duration can depend on the noise, padded to the route's deadline.
+
+        The step runs here, on the event loop; the padding sleeps in a worker thread, where
+        it is precise and the loop keeps serving (``hush.sidecar.deadline``).
+        """
+        route = compiled.route
+        padding = compiled.padding
+        started = padding.begin()
+        try:
+            released = release.apply(prepared, min_cohort=route.min_cohort)
+            body = release.render(released, route)
+        finally:
+            periods, until = padding.end(started)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._noise_pool, padding.wait, until)
+            if periods > 1:
+                sidecar_metrics.DEADLINE_OVERRUNS.labels(route.path).inc()
+                # The number of periods, never the step's own duration (the side channel).
+                logger.warning(
+                    "Overran the release deadline",
+                    request_id=request_id,
+                    route=route.path,
+                    release_deadline=route.release_deadline,
+                    periods=periods,
+                )
+        return released, body
 
     async def _reserve(
         self, route: dppolicy.Route, charge: accounting.Release, request_id: str
@@ -374,9 +452,7 @@ class Sidecar:
                 release=charge,
             )
         except accountant_client.StalePolicyError as error:
-            if self._stale_reason is None:
-                logger.warning("Stopped releasing: the policy is stale", request_id=request_id)
-            self._stale_reason = str(error)
+            self._policy.mark_stale(str(error), request_id=request_id)
             raise _RefusedError(503, error.reason, str(error)) from error
         except accountant_client.AccountantError as error:
             raise _RefusedError(error.status, error.reason, str(error)) from error
