@@ -238,7 +238,7 @@ def test_discrete_mechanisms_need_integers() -> None:
 
 # -- means -------------------------------------------------------------------------------
 
-MEAN_FIELDS = [
+MEAN_FIELDS: list[dict[str, Any]] = [
     {"path": "$.avg", "kind": "mean", "bounds": {"lower": 0, "upper": 100}, "countPath": "$.n"},
     {"path": "$.n", "kind": "count"},
 ]
