@@ -2,10 +2,10 @@
 
 A sample application (an HTTP server in this process, over a fixed synthetic dataset) sits
 behind ``hush sidecar`` started as a host process with the command, args and env of the
-container that ``build_sidecar_container`` produces (pods do not run under kwok; once the
-admission webhook lands, take them from the Pod it really mutated). Only two things are
-swapped for the host: the projected token path (a file holding a real pod-bound token) and
-the accountant URL and CA (the host-process operator's).
+sidecar container of a Pod that the operator's mutating webhook really produced (pods do not
+run under kwok). Only what the host forces is swapped: the projected token path (a file
+holding a real token bound to that pod), the CA path (the pod mounts it from a ConfigMap),
+the listen host and ports. The accountant URL is the one the webhook baked in.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import hush_resources
 import operator_process
 import spending
 import waiting
-from test_accountant import accountant  # noqa: F401 - the module-scoped operator fixture
+import webhook_setup
 
 # A fixed synthetic dataset: (age, income) of 500 people.
 _GENERATOR = random.Random(20261122)  # noqa: S311 - synthetic data, not noise
@@ -90,6 +90,17 @@ def _sample_app() -> Iterator[int]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def accountant(
+    api_client: client.ApiClient, kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """The operator (accountant + webhooks) with its webhook configurations registered."""
+    hush_resources.install_crds(api_client)
+    directory = tmp_path_factory.mktemp("sidecar-operator")
+    with webhook_setup.operator_with_webhooks(api_client, kubeconfig, directory) as running:
+        yield {"url": running["accountant_url"], "cert": running["cert"]}
 
 
 def _policy(name: str, budget: str, upstream_port: int) -> dict[str, Any]:
@@ -154,6 +165,30 @@ def _running_sidecar(container: dict[str, Any], log_path: Path) -> Iterator[dict
         print(f"Sidecar log ({log_path}):\n{log_path.read_text()[-6000:]}")
 
 
+def _pod_bound_token(api_client: client.ApiClient, namespace: str, pod: dict[str, Any]) -> str:
+    """A projected-style token for the pod's ServiceAccount, bound to the pod, for the
+    accountant's audience: what the kubelet would mount into the sidecar."""
+    request = client.CoreV1Api(api_client).create_namespaced_service_account_token(
+        pod["spec"].get("serviceAccountName") or "default",
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=[injection.TOKEN_AUDIENCE],
+                expiration_seconds=3600,
+                bound_object_ref=client.V1BoundObjectReference(
+                    kind="Pod",
+                    api_version="v1",
+                    name=pod["metadata"]["name"],
+                    uid=pod["metadata"]["uid"],
+                ),
+            )
+        ),
+    )
+    if request.status is None:
+        raise AssertionError("the TokenRequest returned no token")
+    return str(request.status.token)
+
+
 def _host_container(
     api_client: client.ApiClient,
     namespace: str,
@@ -162,32 +197,50 @@ def _host_container(
     app_port: int,
     accountant_endpoint: dict[str, Any],
     token_path: Path,
-    **injection_options: Any,
+    policy_check_interval: str | None = None,
 ) -> dict[str, Any]:
-    """The container the injector builds for ``policy``, with the only host substitutions:
-    the token file (a real pod-bound token), the accountant's URL and CA, the listen host."""
-    token_path.write_text(spending.pod_bound_token(api_client, namespace, "survey"))
-    container = injection.build_sidecar_container(
-        policy_name="survey",
-        policy_spec=policy["spec"],
-        policy_hash=policy["status"]["policyHash"],
-        image="registry.invalid/hush:dev",
-        accountant_url="https://hush-accountant.invalid:8443",
-        upstream_port=app_port,
-        listen_port=operator_process.free_port(),
-        admin_port=operator_process.free_port(),
-        **injection_options,
-    )
-    env = container["env"][0]
+    """The sidecar container of a Pod that the mutating webhook really produced, with the
+    only host substitutions: the token file (a real token bound to that pod), the CA file
+    (the pod mounts it from a ConfigMap), the listen host and free ports (on this host the
+    "pod network" is the host's)."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "app", "annotations": {"hush.dev/policy": "survey"}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "registry.invalid/app@sha256:" + "a" * 64,
+                    "ports": [{"name": "http", "containerPort": app_port}],
+                }
+            ]
+        },
+    }
+    created = client.CoreV1Api(api_client).create_namespaced_pod(namespace, body)
+    pod: dict[str, Any] = api_client.sanitize_for_serialization(created)
+    (container,) = [
+        c for c in pod["spec"].get("initContainers") or [] if c["name"] == injection.CONTAINER_NAME
+    ]
+    assert pod["metadata"]["annotations"]["hush.dev/policy-hash"] == policy["status"]["policyHash"]
+    token_path.write_text(_pod_bound_token(api_client, namespace, pod))
+    env = next(e for e in container["env"] if e["name"] == "HUSH_SIDECAR_CONFIG")
     baked = json.loads(env["value"])
+    assert baked["accountantUrl"] == accountant_endpoint["url"]  # baked by the webhook
     baked.update(
         tokenPath=str(token_path),
-        accountantUrl=accountant_endpoint["url"],
         caPath=str(accountant_endpoint["cert"]),
         listenHost="127.0.0.1",
+        listenPort=operator_process.free_port(),
+        adminPort=operator_process.free_port(),
     )
     env["value"] = json.dumps(baked)
-    return container
+    if policy_check_interval is not None:  # only to keep the test short
+        container["args"] = [
+            *(a for a in container["args"] if not a.startswith("--policy-check-interval=")),
+            f"--policy-check-interval={policy_check_interval}",
+        ]
+    return dict(container)
 
 
 def _change_policy(api_client: client.ApiClient, namespace: str, policy: dict[str, Any]) -> None:
@@ -222,7 +275,7 @@ def _get(url: str) -> tuple[int, dict[str, str], bytes]:
 def test_answers_are_noised_charged_labelled_cached_and_stop_when_stale(
     api_client: client.ApiClient,
     namespace: str,
-    accountant: dict[str, Any],  # noqa: F811
+    accountant: dict[str, Any],
     tmp_path: Path,
 ) -> None:
     with _sample_app() as app_port:
@@ -311,7 +364,7 @@ def test_answers_are_noised_charged_labelled_cached_and_stop_when_stale(
 def test_a_changed_policy_turns_the_sidecar_not_ready_within_its_poll_interval(
     api_client: client.ApiClient,
     namespace: str,
-    accountant: dict[str, Any],  # noqa: F811
+    accountant: dict[str, Any],
     tmp_path: Path,
 ) -> None:
     interval = 2.0
