@@ -1,0 +1,336 @@
+"""Benchmark the admission webhooks: handler latency, and pod creation through the apiserver.
+
+Usage: bench/bench_admission.py handler [--duration S]
+       bench/bench_admission.py apiserver --kubeconfig PATH [--duration S] [--clients N]
+(`make bench` runs both; the second on its own local cluster.)
+
+*handler*: ``bench/admission_server.py`` serves either Hush's webhook handlers (with an
+in-memory lookup) or a no-op responder on the same stack (aiohttp, same TLS context), pinned
+to CPU 0; the open-loop fixed-rate generator (``hush-fixed-rate``, CPU 1) POSTs an
+AdmissionReview for an annotated Pod (the injection path, Hush's most expensive decision) at
+500 and 1,000 reviews/s. Reported: p50/p99 of each and the ratio Hush / no-op.
+
+*apiserver*: ``--clients`` threads create Pods at ``--rate`` per second in total (bound to a
+node nobody runs, so no controller acts on them) in a fresh namespace for ``--duration``
+seconds, first with no webhooks, then
+with the operator running and Hush's webhook configurations and ValidatingAdmissionPolicies
+registered, then with none again; the baseline is the mean of the two bare runs. Reported:
+p50/p99 create latency and the ratio. The Pods are not annotated, which is what nearly every
+Pod in a cluster with Hush looks like: the cost every workload pays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+
+from kubernetes import client, config
+
+from hush.admission import policies
+from hush.dev import pki
+
+import hush_resources
+import operator_process
+import waiting
+import webhook_setup
+
+HERE = Path(__file__).resolve().parent
+REPOSITORY = HERE.parent
+RATES = (500, 1000)
+
+
+def _review_body() -> bytes:
+    return json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "bench",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE",
+                "namespace": "bench",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "generateName": "web-",
+                        "labels": {"app": "web"},
+                        "annotations": {"hush.dev/policy": "bench"},
+                    },
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "app",
+                                "image": "registry.invalid/app@sha256:" + "a" * 64,
+                                "ports": [{"name": "http", "containerPort": 8080}],
+                            }
+                        ]
+                    },
+                },
+            },
+        }
+    ).encode()
+
+
+def _tools() -> Path:
+    result = subprocess.run(
+        [str(REPOSITORY / "hack" / "bench-tools.sh")], capture_output=True, text=True, check=True
+    )
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def _server(variant: str, workdir: Path) -> Iterator[tuple[str, Path]]:
+    cert, key = workdir / "tls.crt", workdir / "tls.key"
+    if not cert.exists():
+        pki.write_loopback_serving_files(
+            cert, key, common_name="hush-bench-webhook", now=datetime.datetime.now(datetime.UTC)
+        )
+    port = operator_process.free_port()
+    process = subprocess.Popen(
+        ["taskset", "-c", "0", sys.executable, str(HERE / "admission_server.py"),
+         f"--port={port}", f"--cert={cert}", f"--key={key}", f"--{variant}"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"{variant} server did not start")
+        yield f"https://127.0.0.1:{port}", cert
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _fixed_rate(tools: Path, url: str, cert: Path, body: Path, rate: int, seconds: float) -> Any:
+    result = subprocess.run(
+        ["taskset", "-c", "1", str(tools / "hush-fixed-rate"), f"-url={url}/mutate-pods",
+         f"-rate={rate}", f"-duration={seconds}s", "-method=POST", f"-body-file={body}",
+         f"-ca-file={cert}", "-content-type=application/json", "-warmup=2s"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )  # fmt: skip
+    return json.loads(result.stdout)
+
+
+def handler(duration: float) -> dict[str, Any]:
+    tools = _tools()
+    workdir = Path(f"/tmp/hush-bench-admission-{secrets.token_hex(3)}")  # noqa: S108
+    workdir.mkdir(parents=True)
+    body = workdir / "review.json"
+    body.write_bytes(_review_body())
+    rows = []
+    for rate in RATES:
+        measured = {}
+        for variant in ("noop", "hush"):
+            with _server(variant, workdir) as (url, cert):
+                measured[variant] = _fixed_rate(tools, url, cert, body, rate, duration)
+        noop, hush = measured["noop"], measured["hush"]
+        rows.append(
+            {
+                "rate": rate,
+                "noop_p50_ms": noop["latency_ms"]["p50"],
+                "noop_p99_ms": noop["latency_ms"]["p99"],
+                "hush_p50_ms": hush["latency_ms"]["p50"],
+                "hush_p99_ms": hush["latency_ms"]["p99"],
+                "p99_ratio": round(hush["latency_ms"]["p99"] / noop["latency_ms"]["p99"], 2),
+                "hush_failed": hush["failed"],
+                "hush_achieved_rate": hush["achieved_rate"],
+                "generator_cpu_fraction": hush["generator_cpu_fraction"],
+            }
+        )
+    print(f"{'rate':>6} {'no-op p50':>10} {'no-op p99':>10} {'hush p50':>9} {'hush p99':>9} "
+          f"{'p99 ratio':>9}")  # fmt: skip
+    for row in rows:
+        print(
+            f"{row['rate']:>6} {row['noop_p50_ms']:>8.2f}ms {row['noop_p99_ms']:>8.2f}ms "
+            f"{row['hush_p50_ms']:>7.2f}ms {row['hush_p99_ms']:>7.2f}ms {row['p99_ratio']:>9.2f}"
+        )
+        verdict = "met" if row["p99_ratio"] <= 1.5 and row["hush_p99_ms"] <= 5 else "MISSED"
+        print(f"  target p99 <= 1.5x no-op and <= 5 ms at {row['rate']}/s: {verdict}")
+    result = {"bench": "admission-handler", "rows": rows}
+    print(json.dumps(result))
+    return result
+
+
+def _create_pods(
+    api: client.ApiClient, namespace: str, clients: int, rate: float, seconds: float
+) -> list[float]:
+    """Create Pods at ``rate`` per second in total, spread over ``clients`` threads."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    interval = clients / rate
+    start = time.monotonic() + 0.05
+
+    def run(index: int) -> None:
+        core = client.CoreV1Api(api)
+        number = 0
+        due = start + index * interval / clients
+        while due < start + seconds:
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"p{index}-{number}-{secrets.token_hex(2)}"},
+                "spec": {
+                    "schedulerName": "bench-nobody",
+                    "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
+                },
+            }
+            started = time.perf_counter()
+            core.create_namespaced_pod(namespace, pod)
+            elapsed = time.perf_counter() - started
+            with lock:
+                latencies.append(elapsed)
+            number += 1
+            due += interval
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies
+
+
+def _summary(latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {
+        "count": len(ordered),
+        "p50_ms": round(statistics.median(ordered) * 1000, 2),
+        "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1] * 1000, 2),
+    }
+
+
+def _fresh_namespace(api: client.ApiClient) -> str:
+    name = f"hush-bench-admission-{secrets.token_hex(3)}"
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
+    return name
+
+
+def apiserver(kubeconfig: Path, duration: float, clients: int, rate: float) -> dict[str, Any]:
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    api.configuration.connection_pool_maxsize = clients + 4
+    hush_resources.install_crds(api)
+    workdir = Path(f"/tmp/hush-bench-admission-{secrets.token_hex(3)}")  # noqa: S108
+    workdir.mkdir(parents=True)
+    runs: dict[str, list[dict[str, float]]] = {"bare": [], "hush": []}
+
+    core = client.CoreV1Api(api)
+
+    def measure(label: str) -> None:
+        namespace = _fresh_namespace(api)
+        _create_pods(api, namespace, clients, rate, 2.0)  # warm-up: connections, caches
+        runs[label].append(_summary(_create_pods(api, namespace, clients, rate, duration)))
+        core.delete_namespace(namespace)
+
+        def gone() -> bool:
+            return not any(item.metadata.name == namespace for item in core.list_namespace().items)
+
+        # The garbage collector deleting the pods must not load the next run.
+        waiting.wait_for(gone, timeout=300, description=f"namespace {namespace} deleted")
+
+    measure("bare")
+    settings = policies.PolicySettings(
+        name_prefix=f"hush-bench-{secrets.token_hex(3)}",
+        hush_namespace=webhook_setup.HUSH_NAMESPACE,
+        operator_service_account="hush-operator",
+    )
+    manifests = policies.all_manifests(settings)
+    admission = client.AdmissionregistrationV1Api(api)
+    with webhook_setup.operator_with_webhooks(api, kubeconfig, workdir):
+        for manifest in manifests:
+            if manifest["kind"] == "ValidatingAdmissionPolicy":
+                admission.create_validating_admission_policy(manifest)
+            else:
+                admission.create_validating_admission_policy_binding(manifest)
+        time.sleep(2)  # let the apiserver's informers see the policies
+        try:
+            measure("hush")
+        finally:
+            for manifest in reversed(manifests):
+                if manifest["kind"] == "ValidatingAdmissionPolicy":
+                    admission.delete_validating_admission_policy(manifest["metadata"]["name"])
+                else:
+                    admission.delete_validating_admission_policy_binding(
+                        manifest["metadata"]["name"]
+                    )
+    waiting.wait_for(
+        lambda: (
+            not admission.list_mutating_webhook_configuration().items
+            or all(
+                item.metadata.name != "hush-injector"
+                for item in admission.list_mutating_webhook_configuration().items
+            )
+        ),
+        timeout=30,
+        description="webhooks removed",
+    )
+    measure("bare")
+    bare_p50 = statistics.mean(run["p50_ms"] for run in runs["bare"])
+    bare_p99 = statistics.mean(run["p99_ms"] for run in runs["bare"])
+    hush = runs["hush"][0]
+    result = {
+        "bench": "admission-apiserver",
+        "clients": clients,
+        "rate": rate,
+        "duration_s": duration,
+        "bare_runs": runs["bare"],
+        "hush_run": hush,
+        "p50_ratio": round(hush["p50_ms"] / bare_p50, 2),
+        "p99_ratio": round(hush["p99_ms"] / bare_p99, 2),
+    }
+    print(f"Pod creation at {rate:.0f}/s from {clients} clients, {duration:.0f} s per run")
+    for index, run in enumerate(runs["bare"]):
+        print(f"  no webhooks ({index + 1}): {run['count']:>6} pods  p50 {run['p50_ms']:.2f} ms"
+              f"  p99 {run['p99_ms']:.2f} ms")  # fmt: skip
+    print(f"  with Hush:       {hush['count']:>6} pods  p50 {hush['p50_ms']:.2f} ms"
+          f"  p99 {hush['p99_ms']:.2f} ms")  # fmt: skip
+    verdict = "met" if result["p50_ratio"] <= 1.1 else "MISSED"
+    print(f"  ratio p50 {result['p50_ratio']:.2f}, p99 {result['p99_ratio']:.2f} "
+          f"(target <= 1.1: {verdict})")  # fmt: skip
+    print(json.dumps(result))
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    handler_parser = commands.add_parser("handler")
+    handler_parser.add_argument("--duration", type=float, default=10.0)
+    apiserver_parser = commands.add_parser("apiserver")
+    apiserver_parser.add_argument("--kubeconfig", type=Path, required=True)
+    apiserver_parser.add_argument("--duration", type=float, default=15.0)
+    apiserver_parser.add_argument("--clients", type=int, default=20)
+    apiserver_parser.add_argument("--rate", type=float, default=100.0)
+    arguments = parser.parse_args()
+    if arguments.command == "handler":
+        handler(arguments.duration)
+    else:
+        apiserver(arguments.kubeconfig, arguments.duration, arguments.clients, arguments.rate)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())
