@@ -98,12 +98,24 @@ def _pod_hashes(api_client: client.ApiClient, namespace: str) -> dict[str, str |
 
 
 def _rollout_condition(
-    api_client: client.ApiClient, namespace: str, condition_type: str, status: str, desired: str
+    api_client: client.ApiClient,
+    namespace: str,
+    condition_type: str,
+    status: str,
+    desired: str,
+    workloads: int = 1,
 ) -> dict[str, Any] | None:
+    """The policy once ``condition_type`` is ``status`` at ``desired`` for at least
+    ``workloads`` workloads (with none seen yet, RolloutComplete holds vacuously)."""
     policy = hush_resources.get(api_client, namespace, "DPPolicy", "survey")
     rollout = (policy.get("status") or {}).get("rollout") or {}
     found = hush_resources.condition(policy, condition_type)
-    if rollout.get("desiredHash") == desired and found and found["status"] == status:
+    if (
+        rollout.get("desiredHash") == desired
+        and rollout.get("totalWorkloads", 0) >= workloads
+        and found
+        and found["status"] == status
+    ):
         return policy
     return None
 
@@ -133,7 +145,7 @@ def test_a_policy_change_rolls_every_deployment_that_uses_it(
     new_hash = _change_policy(api_client, namespace, old_hash)
 
     policy = waiting.wait_for(
-        lambda: _rollout_condition(api_client, namespace, "RolloutComplete", "True", new_hash),
+        lambda: _rollout_condition(api_client, namespace, "RolloutComplete", "True", new_hash, 3),
         timeout=ROLLOUT_TIMEOUT,
         description="RolloutComplete at the new hash",
     )
@@ -263,10 +275,8 @@ def test_argocd_health_checks_on_real_objects(
     budget = hush_resources.get(api_client, namespace, "PrivacyBudget", "survey")
     assert argocd_health.health("hush.dev", "PrivacyBudget", budget)[0] == "Healthy"
 
-    # A paused Deployment does not roll: the policy stays Progressing, deterministically.
-    paused = _deployment("paused")
-    paused["spec"]["paused"] = True
-    client.AppsV1Api(api_client).create_namespaced_deployment(namespace, paused)
+    apps = client.AppsV1Api(api_client)
+    apps.create_namespaced_deployment(namespace, _deployment("paused"))
     waiting.wait_for(
         lambda: _rollout_condition(api_client, namespace, "RolloutComplete", "True", old_hash),
         timeout=ROLLOUT_TIMEOUT,
@@ -274,6 +284,8 @@ def test_argocd_health_checks_on_real_objects(
     )
     policy = hush_resources.get(api_client, namespace, "DPPolicy", "survey")
     assert argocd_health.health("hush.dev", "DPPolicy", policy)[0] == "Healthy"
+    # A paused Deployment does not roll: the policy stays Progressing, deterministically.
+    apps.patch_namespaced_deployment("paused", namespace, {"spec": {"paused": True}})
 
     new_hash = _change_policy(api_client, namespace, old_hash)
     policy = waiting.wait_for(

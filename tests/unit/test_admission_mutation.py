@@ -41,7 +41,7 @@ POLICY: dict[str, Any] = {
     "spec": SPEC,
     "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}]},
 }
-HASH = policy_reconcile.policy_hash(dppolicy.DPPolicySpec.model_validate(SPEC))
+HASH = policy_reconcile.policy_hash(dppolicy.DPPolicySpec.model_validate(SPEC), IMAGE)
 
 
 def _pod(**spec_overrides: Any) -> dict[str, Any]:

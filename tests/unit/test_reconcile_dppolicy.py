@@ -187,3 +187,31 @@ def test_unparsable_spec_is_reported_not_raised() -> None:
     status, reason, message = _ready({"budgetRef": {"name": "census"}})
     assert (status, reason) == ("False", "InvalidSpec")
     assert "spec.upstream" in message
+
+
+def test_the_sidecar_image_is_part_of_the_policy_hash() -> None:
+    spec = dppolicy_reconcile_for_image_test()
+    plain = dppolicy.policy_hash(spec)
+    first = dppolicy.policy_hash(spec, "registry.example/hush@sha256:" + "1" * 64)
+    second = dppolicy.policy_hash(spec, "registry.example/hush@sha256:" + "2" * 64)
+    assert len({plain, first, second}) == 3
+    assert first == dppolicy.policy_hash(spec, "registry.example/hush@sha256:" + "1" * 64)
+
+
+def dppolicy_reconcile_for_image_test() -> Any:
+    from hush.api import dppolicy as dppolicy_api
+
+    return dppolicy_api.DPPolicySpec.model_validate(
+        {
+            "budgetRef": {"name": "b", "team": "t"},
+            "upstream": {"port": 8080},
+            "routes": [
+                {
+                    "path": "/count",
+                    "mechanism": "laplace",
+                    "epsilon": 0.1,
+                    "fields": [{"path": "$.count", "kind": "count"}],
+                }
+            ],
+        }
+    )

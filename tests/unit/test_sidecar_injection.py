@@ -25,7 +25,8 @@ SPEC: dict[str, Any] = {
         }
     ],
 }
-HASH = policy_reconcile.policy_hash(dppolicy.DPPolicySpec.model_validate(SPEC))
+IMAGE = "registry.example/hush@sha256:" + "a" * 64
+HASH = policy_reconcile.policy_hash(dppolicy.DPPolicySpec.model_validate(SPEC), IMAGE)
 
 
 def _build(**overrides: Any) -> dict[str, Any]:
@@ -97,6 +98,7 @@ def test_the_container_is_exactly_the_golden_one() -> None:
         "policyName": "survey",
         "policyHash": HASH,
         "policy": dppolicy.DPPolicySpec.model_validate(SPEC).model_dump(mode="json", by_alias=True),
+        "sidecarImage": IMAGE,
         "listenHost": "0.0.0.0",  # noqa: S104 - the pod port, by design
         "listenPort": 8081,
         "adminPort": 9901,

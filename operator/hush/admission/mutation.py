@@ -177,7 +177,7 @@ def mutate_pod(
         parsed = dppolicy_reconcile.parse_spec(policy.get("spec") or {})
     except pydantic.ValidationError as error:
         return _refuse(f"DPPolicy {namespace}/{name} does not parse: {error}", name)
-    policy_hash = dppolicy_reconcile.policy_hash(parsed)
+    policy_hash = dppolicy_reconcile.policy_hash(parsed, settings.image)
 
     containers: list[Mapping[str, Any]] = list(spec.get("containers") or [])
     located = _find_upstream_port(containers, parsed.upstream.port)

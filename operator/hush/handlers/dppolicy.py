@@ -23,6 +23,7 @@ from hush.handlers import resources, status_patch
 from hush.kube import client
 from hush.reconcile import dppolicy as reconcile
 from hush.reconcile import privacybudget as budget_reconcile
+from hush.webhook import service as webhook_service
 
 BudgetIndex = kopf.Index[tuple[str, str], budget_reconcile.BudgetSummary]
 
@@ -48,6 +49,7 @@ def _evaluate(
         summaries = budgets.get((namespace, name))
         return next(iter(summaries), None) if summaries is not None else None
 
+    injection = webhook_service.current().options.injection
     return reconcile.evaluate(
         spec,
         namespace=namespace,
@@ -55,6 +57,7 @@ def _evaluate(
         status=current,
         lookup_budget=lookup,
         now=datetime.datetime.now(datetime.UTC),
+        sidecar_image=injection.image if injection is not None else "",
     )
 
 

@@ -76,6 +76,7 @@ def build_sidecar_container(
         policy_name=policy_name,
         policy_hash=policy_hash,
         policy=spec,
+        sidecar_image=image,
         listen_port=listen_port,
         admin_port=admin_port,
         upstream_port=upstream_port,

@@ -37,10 +37,18 @@ def parse_spec(spec: Mapping[str, Any]) -> dppolicy.DPPolicySpec:
     return dppolicy.DPPolicySpec.model_validate(dict(spec))
 
 
-def policy_hash(spec: dppolicy.DPPolicySpec) -> str:
-    """``sha256:<hex>`` of the normalised spec."""
+def policy_hash(spec: dppolicy.DPPolicySpec, sidecar_image: str = "") -> str:
+    """``sha256:<hex>`` of the normalised spec and, when given, the sidecar image.
+
+    The image (pinned by digest) is part of what a pod runs under: a new sidecar build is a
+    change of the code that noises answers, so it rolls workloads like a policy change does
+    (issue 6). Without an image (no injection configured) the hash covers the spec alone.
+    """
+    normalised: object = spec.model_dump(mode="json", by_alias=True)
+    if sidecar_image:
+        normalised = {"spec": normalised, "sidecarImage": sidecar_image}
     canonical = json.dumps(
-        spec.model_dump(mode="json", by_alias=True),
+        normalised,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=True,
@@ -167,6 +175,7 @@ def evaluate(
     status: Mapping[str, Any],
     lookup_budget: BudgetLookup,
     now: datetime.datetime,
+    sidecar_image: str = "",
 ) -> dppolicy.DPPolicyStatus:
     """The status the ``DPPolicy`` should have, given its spec and its budget."""
     current = conditions_module.parse(status.get("conditions"))
@@ -198,5 +207,5 @@ def evaluate(
             observed_generation=generation,
             now=now,
         ),
-        policy_hash=policy_hash(parsed),
+        policy_hash=policy_hash(parsed, sidecar_image),
     )

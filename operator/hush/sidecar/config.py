@@ -47,6 +47,9 @@ class SidecarConfig(pydantic.BaseModel):
     policy_name: str = pydantic.Field(min_length=1, max_length=253)
     policy_hash: str = pydantic.Field(min_length=1, max_length=80)
     policy: dppolicy.DPPolicySpec
+    sidecar_image: str = pydantic.Field(
+        default="", max_length=512, description="The image the injector used; in the hash."
+    )
     listen_host: str = "0.0.0.0"  # noqa: S104 - the sidecar is the pod's public port
     listen_port: int = pydantic.Field(ge=1, le=65535)
     admin_port: int = pydantic.Field(ge=1, le=65535)
@@ -81,7 +84,7 @@ def load(raw: str | Mapping[str, Any]) -> SidecarConfig:
             for problem in error.errors()
         )
         raise ConfigError(f"The sidecar configuration is invalid: {problems}") from error
-    actual = policy_reconcile.policy_hash(config.policy)
+    actual = policy_reconcile.policy_hash(config.policy, config.sidecar_image)
     if actual != config.policy_hash:
         raise ConfigError(
             f"The baked policy hash {config.policy_hash} does not match the baked policy "
