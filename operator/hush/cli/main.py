@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from hush.cli import audit as audit_commands
 from hush.cli import dev as dev_commands
+from hush.cli import images as images_commands
 from hush.cli import ledger as ledger_commands
 from hush.cli import manifests as manifests_commands
 from hush.cli import operator as operator_commands
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     ledger_commands.register(commands)
     sidecar_commands.register(commands)
     audit_commands.register(commands)
+    images_commands.register(commands)
     return parser
 
 
