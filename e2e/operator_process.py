@@ -10,7 +10,7 @@ import ssl
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from hush.dev import pki
@@ -40,11 +40,17 @@ def write_serving_certificate(directory: Path) -> tuple[Path, Path]:
 
 @contextlib.contextmanager
 def running_operator(
-    kubeconfig: Path, log_path: Path, *extra_arguments: str
+    kubeconfig: Path,
+    log_path: Path,
+    *extra_arguments: str,
+    environment: Mapping[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start the operator, wait for its liveness endpoint, stop it (and print its log)."""
+    """Start the operator, wait for its liveness endpoint, stop it (and print its log).
+
+    ``environment`` adds variables, e.g. the downward API's ``POD_NAME``/``POD_NAMESPACE``
+    that the chart gives the operator."""
     port = free_port()
-    environment = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    environment = {**os.environ, **(environment or {}), "KUBECONFIG": str(kubeconfig)}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "hush", "operator", "--all-namespaces",

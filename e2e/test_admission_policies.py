@@ -613,6 +613,7 @@ def test_the_chart_renders_the_same_policies(kubectl: Path, uses_dev_cluster: bo
             "--namespace=hush-system",
             "--kube-version=1.36.0",
             "--set=admissionPolicies.enforcementLabelGroups={platform-admins}",
+            f"--set=image.digest={DIGEST}",  # sidecar injection needs the image pinned
             f"--show-only=templates/{policies.CHART_TEMPLATE_NAME}",
         ],
         capture_output=True,

@@ -5,20 +5,43 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
 from hush.api import crds
+from hush.cli import manifests
 from tests.conftest import REPO_ROOT
 
-CHECKED_IN_DIRECTORIES = [REPO_ROOT / "crds", REPO_ROOT / "charts" / "hush" / "crds"]
+CRD_DIRECTORY = REPO_ROOT / "crds"
+CHART_TEMPLATES = REPO_ROOT / "charts" / "hush" / "templates"
 
 
-@pytest.mark.parametrize("directory", CHECKED_IN_DIRECTORIES, ids=lambda path: path.name)
-def test_checked_in_crds_match_the_models(directory: Any) -> None:
+def test_checked_in_crds_match_the_models() -> None:
     expected = crds.rendered_files()
-    actual = {path.name: path.read_text(encoding="utf-8") for path in directory.glob("*.yaml")}
+    actual = {path.name: path.read_text(encoding="utf-8") for path in CRD_DIRECTORY.glob("*.yaml")}
     assert sorted(actual) == sorted(expected), "run `make manifests`"
     for name, text in expected.items():
-        assert actual[name] == text, f"{directory.name}/{name} drifted: run `make manifests`"
+        assert actual[name] == text, f"crds/{name} drifted: run `make manifests`"
+
+
+def test_the_chart_template_of_the_crds_matches_the_models() -> None:
+    path = CHART_TEMPLATES / manifests.CRD_CHART_TEMPLATE_NAME
+    assert path.read_text(encoding="utf-8") == manifests.render_crd_chart_template(), (
+        f"{path.name} drifted: run `make manifests`"
+    )
+    # Templates, not crds/: Helm never upgrades crds/.
+    assert not (REPO_ROOT / "charts" / "hush" / "crds").exists()
+
+
+def test_the_charts_crds_are_the_same_crds_kept_on_uninstall() -> None:
+    text = manifests.render_crd_chart_template()
+    body = text.split("{{- if .Values.crds.install }}\n", 1)[1].removesuffix("{{- end }}\n")
+    documents = [document for document in yaml.safe_load_all(body) if document]
+    expected = crds.all_crds()
+    assert len(documents) == len(expected)
+    for document, crd in zip(documents, expected, strict=True):
+        assert document["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        del document["metadata"]["annotations"]
+        assert document == crd
 
 
 def _walk(node: dict[str, Any], path: str) -> list[str]:

@@ -39,6 +39,21 @@ Identity is ``<hostname>_<pid>``: unique per process on one host and per pod in 
 A container restarted in the same pod keeps its hostname and (as PID 1) its pid, so it
 renews its own lease at once instead of waiting for it to expire: the process that held
 it is gone.
+
+The leader's pod label
+----------------------
+Every replica serves the admission webhooks and is Ready, so readiness cannot tell the
+accountant Service which replica leads. Instead the leader labels its own pod
+``hush.dev/accountant-leader=true`` (``Settings.pod``, from ``POD_NAME``/``POD_NAMESPACE``)
+and the chart's accountant Service selects that label. The label is level-triggered, in its
+own loop (so a slow pod patch never delays a Lease renewal): every ``renew_period``, and at
+once after a transition, the pod is made to carry the label exactly while ``is_leader()``.
+The first round removes a label left by an earlier process of the same pod (a crash never
+removed it); a clean stop removes it before the Lease is released, so the Service stops
+routing here before the next leader starts; and a new leader removes it from any other pod
+that still carries it (a SIGKILLed or partitioned old leader), so the Service has one
+endpoint. A stale label is only a detour, never a double spend: that replica answers 503
+"standby" and compare-and-swap keeps the ledger exact (above).
 """
 
 from __future__ import annotations
@@ -61,6 +76,8 @@ logger = logging.getLogger(__name__)
 
 LEASE_API_VERSION = "coordination.k8s.io/v1"
 DEFAULT_LEASE_NAME = "hush-operator"
+LEADER_LABEL = "hush.dev/accountant-leader"
+LEADER_LABEL_VALUE = "true"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -83,6 +100,17 @@ class Timing:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class PodRef:
+    """The pod this replica runs in (the downward API's ``POD_NAMESPACE``/``POD_NAME``)."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
     """Which Lease to hold, and as whom (from ``hush operator`` flags)."""
 
@@ -90,6 +118,8 @@ class Settings:
     name: str = DEFAULT_LEASE_NAME
     identity: str
     timing: Timing = dataclasses.field(default_factory=Timing)
+    # Labelled LEADER_LABEL while this replica leads; None: no pod (a host process).
+    pod: PodRef | None = None
 
 
 def default_identity() -> str:
@@ -228,6 +258,14 @@ def release(lease: Mapping[str, Any], *, now: datetime.datetime) -> dict[str, An
     return _put_body(lease, spec)
 
 
+def leader_label_patch(*, leading: bool) -> dict[str, str | None]:
+    """The pod labels to merge-patch: the leader label, or its removal (None)."""
+    return {LEADER_LABEL: LEADER_LABEL_VALUE if leading else None}
+
+
+LEADER_LABEL_SELECTOR = f"{LEADER_LABEL}={LEADER_LABEL_VALUE}"
+
+
 # -- the loop ----------------------------------------------------------------------------------
 
 
@@ -259,6 +297,37 @@ class KubeLeaseStore:
         )
 
 
+class PodStore(Protocol):
+    """The pod calls the elector needs for its label (``hush.kube`` in production)."""
+
+    async def patch_labels(
+        self, namespace: str, name: str, labels: Mapping[str, str | None]
+    ) -> None:
+        """Merge-patch ``labels`` (None removes one); ``client.ObjectGoneError`` if no pod."""
+        ...
+
+    async def names_with_labels(self, namespace: str, selector: str) -> list[str]: ...
+
+
+class KubePodStore:
+    """``PodStore`` over the real API; every call is bounded by ``timeout`` seconds."""
+
+    def __init__(self, *, timeout: float) -> None:
+        self._timeout = timeout
+
+    async def patch_labels(
+        self, namespace: str, name: str, labels: Mapping[str, str | None]
+    ) -> None:
+        await asyncio.to_thread(
+            client.patch_pod_labels, namespace, name, labels, timeout=self._timeout
+        )
+
+    async def names_with_labels(self, namespace: str, selector: str) -> list[str]:
+        return await asyncio.to_thread(
+            client.list_pod_names, namespace, label_selector=selector, timeout=self._timeout
+        )
+
+
 def _utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -270,6 +339,9 @@ class Elector:
     loop, or from ``stop``); ``is_leader`` does not wait for them: it turns False by
     itself once ``renew_deadline`` has passed since the start of the last successful
     renewal, even if the loop is stuck in an API call.
+
+    With ``settings.pod`` and ``pods``, a second loop keeps the pod's leader label equal to
+    ``is_leader()`` (``sync_pod_label``; see the module docstring).
     """
 
     def __init__(
@@ -277,6 +349,7 @@ class Elector:
         store: LeaseStore,
         settings: Settings,
         *,
+        pods: PodStore | None = None,
         on_started_leading: Callable[[], None] = lambda: None,
         on_stopped_leading: Callable[[], None] = lambda: None,
         monotonic: Callable[[], float] = time.monotonic,
@@ -294,6 +367,13 @@ class Elector:
         self._valid_until = 0.0
         self._last_holder: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._pods = pods if settings.pod is not None else None
+        # Whether our pod carries the label, as far as we know (None: not known yet, so the
+        # first round writes either way); whether other pods were cleared since we lead.
+        self._labelled: bool | None = None
+        self._others_cleared = False
+        self._label_wanted = asyncio.Event()
+        self._label_task: asyncio.Task[None] | None = None
 
     @property
     def identity(self) -> str:
@@ -309,17 +389,28 @@ class Elector:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"leader-election {self.lease}")
+        if self._pods is not None and self._label_task is None:
+            self._label_task = asyncio.create_task(
+                self._run_pod_label(), name=f"leader label {self._settings.pod}"
+            )
 
     async def stop(self) -> None:
-        """Stop the loop; if leading, stand down first, then release the Lease."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if not self._leading:
+        """Stop the loops; if leading, stand down first, remove the pod's label, then
+        release the Lease (so the Service has stopped routing here before a standby leads)."""
+        for task in (self._task, self._label_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._label_task = None
+        leading = self._leading
+        if leading:
+            self._stand_down("the operator is stopping", level=logging.INFO)
+        # Failures are logged by sync_pod_label; the next leader clears a label left behind.
+        with contextlib.suppress(Exception):
+            await self.sync_pod_label()
+        if not leading:
             return
-        self._stand_down("the operator is stopping", level=logging.INFO)
         try:
             lease = await self._store.read(self._settings.namespace, self._settings.name)
             if lease is not None and holder_of(lease) == self.identity:
@@ -333,6 +424,89 @@ class Elector:
             logger.warning(
                 "Failed to release Lease %s: %s", self.lease, error, extra=self._log_fields()
             )
+
+    async def sync_pod_label(self) -> bool:
+        """One round of the label loop: make our pod carry the leader label exactly while
+        ``is_leader()``, and once leading, remove it from every other pod. True when done;
+        False when a write failed (logged; the next round tries again)."""
+        pod, pods = self._settings.pod, self._pods
+        if pod is None or pods is None:
+            return True
+        leading = self.is_leader()
+        if not leading:
+            self._others_cleared = False
+        if self._labelled != leading:
+            try:
+                await pods.patch_labels(
+                    pod.namespace, pod.name, leader_label_patch(leading=leading)
+                )
+            except client.ObjectGoneError:
+                # Nothing to label (POD_NAME names no pod): say so once per transition.
+                logger.warning(
+                    "Found no Pod %s to label %s: the accountant Service cannot select this "
+                    "replica (is POD_NAME set from metadata.name?)",
+                    pod,
+                    LEADER_LABEL,
+                    extra=self._log_fields(pod=str(pod)),
+                )
+            except Exception as error:
+                logger.warning(
+                    "Failed to %s label %s on Pod %s: %s",
+                    "set" if leading else "remove",
+                    LEADER_LABEL,
+                    pod,
+                    error,
+                    extra=self._log_fields(pod=str(pod)),
+                )
+                return False
+            else:
+                logger.info(
+                    "Set label %s on Pod %s" if leading else "Removed label %s from Pod %s",
+                    LEADER_LABEL,
+                    pod,
+                    extra=self._log_fields(pod=str(pod)),
+                )
+            self._labelled = leading
+        if leading and not self._others_cleared:
+            return await self._clear_other_pods(pod, pods)
+        return True
+
+    async def _clear_other_pods(self, pod: PodRef, pods: PodStore) -> bool:
+        """Remove the label from pods of earlier leaders that could not remove it."""
+        try:
+            for name in await pods.names_with_labels(pod.namespace, LEADER_LABEL_SELECTOR):
+                if name == pod.name:
+                    continue
+                with contextlib.suppress(client.ObjectGoneError):
+                    await pods.patch_labels(pod.namespace, name, leader_label_patch(leading=False))
+                    logger.info(
+                        "Removed label %s from Pod %s/%s (an earlier leader's)",
+                        LEADER_LABEL,
+                        pod.namespace,
+                        name,
+                        extra=self._log_fields(pod=f"{pod.namespace}/{name}"),
+                    )
+        except Exception as error:
+            logger.warning(
+                "Failed to remove label %s from other pods in %s: %s",
+                LEADER_LABEL,
+                pod.namespace,
+                error,
+                extra=self._log_fields(),
+            )
+            return False
+        self._others_cleared = True
+        return True
+
+    async def _run_pod_label(self) -> None:
+        while True:
+            self._label_wanted.clear()
+            try:
+                await self.sync_pod_label()
+            except Exception:  # a dead loop would leave the Service pointing nowhere
+                logger.exception("Failed a leader-label round", extra=self._log_fields())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._label_wanted.wait(), self._timing.renew_period)
 
     async def _run(self) -> None:
         while True:
@@ -412,6 +586,7 @@ class Elector:
                 extra=self._log_fields(previous_holder=decision.holder),
             )
             self._on_started_leading()
+            self._label_wanted.set()
         return decision.wait
 
     def _stand_down(self, why: str, *, level: int = logging.WARNING) -> None:
@@ -420,6 +595,7 @@ class Elector:
         self._last_holder = None
         logger.log(level, "Stopped leading Lease %s: %s", self.lease, why, extra=self._log_fields())
         self._on_stopped_leading()
+        self._label_wanted.set()
 
     def _log_fields(self, **more: str) -> dict[str, str]:
         return {"lease": self.lease, "identity": self.identity, **more}

@@ -98,9 +98,11 @@ class Service:
         )
         self.elector: leadership.Elector | None = None
         if options.leader_election is not None:
+            timeout = options.leader_election.timing.request_timeout
             self.elector = leadership.Elector(
-                leadership.KubeLeaseStore(timeout=options.leader_election.timing.request_timeout),
+                leadership.KubeLeaseStore(timeout=timeout),
                 options.leader_election,
+                pods=leadership.KubePodStore(timeout=timeout),
                 on_started_leading=self.writers.forget_cached,
                 on_stopped_leading=lambda: self.writers.fail_queued_spends(STANDBY_REFUSAL),
             )

@@ -58,7 +58,8 @@ def register(commands: Any) -> None:
         help="Run as one of several replicas: only the holder of a coordination.k8s.io Lease "
         "accepts spends; the others answer 503 to spends and /readyz until they take over. "
         "Off by default, so a single process (hush dev, e2e, bench) serves at once; the Helm "
-        "chart turns it on.",
+        "chart turns it on. With $POD_NAME (and $POD_NAMESPACE) set, the leader labels that "
+        "pod hush.dev/accountant-leader=true, which the chart's accountant Service selects.",
     )
     parser.add_argument(
         "--leader-election-namespace",
@@ -105,6 +106,14 @@ def register(commands: Any) -> None:
         "recorded in an Event on the pod. Default: nobody.",
     )
     parser.add_argument(
+        "--audit-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="How often the background audit counts existing workloads that break the "
+        "admission rules (metric hush_audit_violations); 0 turns it off. Default: 60.",
+    )
+    parser.add_argument(
         "--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port."
     )
     parser.add_argument(
@@ -125,10 +134,15 @@ def leader_election_settings(
 
     if not arguments.leader_election:
         return None
+    namespace = arguments.leader_election_namespace or environ.get("POD_NAMESPACE") or "default"
+    pod_name = environ.get("POD_NAME")
     return leadership.Settings(
-        namespace=arguments.leader_election_namespace or environ.get("POD_NAMESPACE") or "default",
+        namespace=namespace,
         name=arguments.leader_election_name,
         identity=identity,
+        pod=leadership.PodRef(namespace=environ.get("POD_NAMESPACE") or namespace, name=pod_name)
+        if pod_name
+        else None,
     )
 
 
@@ -187,6 +201,17 @@ def run(arguments: argparse.Namespace) -> int:
     from hush.webhook import service as webhook_service
 
     webhook_service.configure(webhook_options(arguments))
+
+    from hush.controllers import audit as audit_controller
+
+    audit_controller.configure(
+        audit_controller.AuditLoop(
+            hush_namespace=os.environ.get("POD_NAMESPACE") or "default",
+            interval=arguments.audit_interval,
+        )
+        if arguments.audit_interval > 0
+        else None
+    )
 
     from hush.observability import logging as structured_logging
 

@@ -8,6 +8,7 @@ operator`` imports it and runs kopf. No decision is made here: see ``hush.reconc
 # the webhook server listens with the certificate that the keeper loads first.
 from hush.handlers import (
     accountant,
+    audit,
     certificates,
     dppolicy,
     privacybudget,
@@ -18,6 +19,7 @@ from hush.handlers import (
 
 __all__ = [
     "accountant",
+    "audit",
     "certificates",
     "dppolicy",
     "privacybudget",

@@ -3,10 +3,10 @@
 kopf watches and patches the objects it handles; this module covers what kopf does not:
 writing the status of an object other than the one being handled (a DPPolicy when its
 PrivacyBudget changes), the accountant's compare-and-swap writes, the leader-election
-Lease, and the webhook serving certificates (their Secret and the ``caBundle`` of the webhook
-configurations, both written with compare-and-swap). Configuration comes from the
-in-cluster ServiceAccount when present, else from ``KUBECONFIG``/``~/.kube/config``, the same
-way kopf logs in.
+Lease and the leader's pod label, and the webhook serving certificates (their Secret and the
+``caBundle`` of the webhook configurations, both written with compare-and-swap).
+Configuration comes from the in-cluster ServiceAccount when present, else from
+``KUBECONFIG``/``~/.kube/config``, the same way kopf logs in.
 """
 
 from __future__ import annotations
@@ -144,6 +144,36 @@ def read_pod(namespace: str, name: str) -> dict[str, Any] | None:
             return None
         raise
     return _as_dict(pod)
+
+
+def patch_pod_labels(
+    namespace: str, name: str, labels: Mapping[str, str | None], *, timeout: float
+) -> None:
+    """Merge-patch a pod's labels (a None value removes the label; removing an absent one
+    is a no-op). ``ObjectGoneError`` when the pod does not exist. Used for the accountant
+    leader's own label (``hush.accountant.leadership``)."""
+    api = kubernetes.client.CoreV1Api(api_client())
+    try:
+        api.patch_namespaced_pod(
+            name,
+            namespace,
+            {"metadata": {"labels": dict(labels)}},
+            _content_type="application/merge-patch+json",
+            _request_timeout=timeout,
+        )
+    except exceptions.ApiException as error:
+        if error.status == 404:
+            raise ObjectGoneError(f"pods/{name} in {namespace} does not exist") from error
+        raise
+
+
+def list_pod_names(namespace: str, *, label_selector: str, timeout: float) -> list[str]:
+    """Names of the pods in ``namespace`` that match ``label_selector``."""
+    api = kubernetes.client.CoreV1Api(api_client())
+    pods = api.list_namespaced_pod(
+        namespace, label_selector=label_selector, _request_timeout=timeout
+    )
+    return [str(pod.metadata.name) for pod in pods.items if pod.metadata is not None]
 
 
 def create_event(

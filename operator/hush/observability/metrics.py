@@ -61,6 +61,12 @@ ADMISSION_ERRORS = prometheus_client.Counter(
     "AdmissionReviews that could not be decided (malformed body, failed lookup).",
     ["webhook", "reason"],
 )
+WEBHOOK_CERTIFICATE_EXPIRY = prometheus_client.Gauge(
+    "hush_webhook_certificate_expiry_timestamp_seconds",
+    "When the webhook serving certificate this replica serves expires (Unix time); set each "
+    "time a certificate is loaded (hush.webhook.certificates), so a renewal that keeps "
+    "failing shows as an approaching value (the chart's HushWebhookCertificateNearExpiry).",
+)
 
 DRIFTED_PODS = prometheus_client.Gauge(
     "hush_drifted_pods",
@@ -71,6 +77,12 @@ ROLLOUTS_TRIGGERED = prometheus_client.Counter(
     "hush_rollouts_triggered",
     "Workloads rolled (pod-template annotation applied) after a policy hash changed.",
     ["namespace", "policy"],
+)
+
+AUDIT_VIOLATIONS = prometheus_client.Gauge(
+    "hush_audit_violations",
+    "Existing workloads breaking the admission rules, from the background audit.",
+    ["namespace", "mode", "rule"],
 )
 
 

@@ -47,6 +47,7 @@ from typing import Any, Final, Literal, Protocol
 
 from hush.admission import certificates
 from hush.kube import client
+from hush.observability import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -332,7 +333,11 @@ def _utc_now() -> datetime.datetime:
 
 
 class Keeper:
-    """Holds the webhook server's ``ssl_context`` and keeps its certificate current."""
+    """Holds the webhook server's ``ssl_context`` and keeps its certificate current.
+
+    Every load also sets the gauge ``hush_webhook_certificate_expiry_timestamp_seconds``
+    (``hush.observability.metrics``), which the chart's expiry alert watches.
+    """
 
     def __init__(
         self,
@@ -420,6 +425,7 @@ class Keeper:
         new_server_context().load_cert_chain(self.certificate_file, self.key_file)
         self.ssl_context.load_cert_chain(self.certificate_file, self.key_file)
         self.served = pair
+        metrics.WEBHOOK_CERTIFICATE_EXPIRY.set(leaf.not_valid_after_utc.timestamp())
         logger.info(
             "Loaded the %s serving certificate (%s)",
             self._description,
