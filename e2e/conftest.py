@@ -1,8 +1,10 @@
 """The e2e harness: a real Kubernetes API server, a fresh namespace per test, diagnostics.
 
 The cluster comes from ``HUSH_KUBECONFIG`` when set (that is how the same suite runs against
-kind or any other cluster) and otherwise from ``hush dev up``, which starts the local control
-plane or reuses the running one and prints its kubeconfig path as the last line of stdout.
+kind or any other cluster) and otherwise from ``hush dev up --no-hush``, which starts the
+local control plane or reuses the running one (without Hush's background operator, webhooks
+and admission policies: the tests install their own) and prints its kubeconfig path as the
+last line of stdout.
 The dev cluster is left running at the end: ``make`` (or ``hush dev down``) owns its life.
 
 Build the control plane binaries before running the suite (``hack/controlplane/build.sh``;
@@ -57,7 +59,9 @@ def kubeconfig(request: pytest.FixtureRequest, uses_dev_cluster: bool) -> Path:
         path = Path(os.environ["HUSH_KUBECONFIG"]).expanduser().resolve()
         request.config.stash[_DEV_STATE_DIR_KEY] = None
     else:
-        result = devcluster.run_hush("dev", "up", "--name", devcluster.DEFAULT_CLUSTER)
+        # --no-hush: the tests start their own operators and register their own webhooks and
+        # admission policies; a background operator would answer (and inject) in their place.
+        result = devcluster.run_hush("dev", "up", "--name", devcluster.DEFAULT_CLUSTER, "--no-hush")
         if result.returncode != 0:
             pytest.fail(f"hush dev up failed (exit {result.returncode}):\n{result.stderr}")
         path = Path(devcluster.last_line(result.stdout))

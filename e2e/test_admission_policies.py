@@ -226,7 +226,18 @@ def installed(api_client: client.ApiClient, kubeconfig: Path) -> Iterator[Instal
         operator_service_account=OPERATOR_SERVICE_ACCOUNT,
         enforcement_label_groups=(PLATFORM_GROUP,),
     )
-    manifests = policies.all_manifests(settings)
+    # The injected-pods policy is installed (so that it is type-checked) but not bound: no
+    # injecting webhook runs in this module; refusing annotated pods without the sidecar is
+    # tested with the webhook in e2e/test_admission_enforcement.py.
+    injected = policies.injected_pods_policy_name(settings)
+    manifests = [
+        manifest
+        for manifest in policies.all_manifests(settings)
+        if not (
+            manifest["kind"] == "ValidatingAdmissionPolicyBinding"
+            and manifest["spec"]["policyName"] == injected
+        )
+    ]
     role_name = f"hush-e2e-{token}-namespaces"
     # Both ServiceAccounts and the group may patch namespaces: a refusal then comes from the
     # policy, not from RBAC.

@@ -185,7 +185,7 @@ def test_up_reuses_a_healthy_cluster(kubeconfig: Path) -> None:
     before = devcluster.status()
     assert before["healthy"], before
 
-    result = devcluster.run_hush("dev", "up", "--name", devcluster.DEFAULT_CLUSTER)
+    result = devcluster.run_hush("dev", "up", "--name", devcluster.DEFAULT_CLUSTER, "--no-hush")
 
     assert result.returncode == 0, result.stderr
     assert Path(devcluster.last_line(result.stdout)) == kubeconfig
@@ -200,7 +200,7 @@ def test_separate_cluster_crash_recovery_and_down(tmp_path: Path) -> None:
     state_root = tmp_path / "clusters"
     env = {**os.environ, "HUSH_STATE_DIR": str(state_root)}
     try:
-        up = devcluster.run_hush("dev", "up", "--name", name, "--nodes", "1", env=env)
+        up = devcluster.run_hush("dev", "up", "--name", name, "--nodes", "1", "--no-hush", env=env)
         assert up.returncode == 0, up.stderr
         kubeconfig = Path(devcluster.last_line(up.stdout))
         assert kubeconfig == state_root / name / "kubeconfig"
@@ -228,7 +228,7 @@ def test_separate_cluster_crash_recovery_and_down(tmp_path: Path) -> None:
         assert str(scheduler_pid) in scheduler_line
 
         # `up` names the dead component and replaces the whole cluster with a healthy one.
-        again = devcluster.run_hush("dev", "up", "--name", name, env=env)
+        again = devcluster.run_hush("dev", "up", "--name", name, "--no-hush", env=env)
         assert again.returncode == 0, again.stderr
         assert "kube-scheduler" in again.stderr
         assert "crashed" in again.stderr

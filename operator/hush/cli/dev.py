@@ -1,9 +1,10 @@
-"""``hush dev up|down|status``: a local control plane for development and e2e tests.
+"""``hush dev up|down|status|demo``: a local control plane with Hush, for development and e2e.
 
-Only argument parsing and presentation live here; ``hush.dev.cluster`` does the work.
-Progress goes to stderr so that stdout stays machine-readable: ``up`` prints exactly one
-line, the absolute path of the admin kubeconfig (``KUBECONFIG=$(hush dev up)`` works), and
-``status --json`` prints one JSON document.
+Only argument parsing and presentation live here; ``hush.dev.cluster`` (with
+``hush.dev.install``) and ``hush.dev.demo`` do the work. Progress goes to stderr so that
+stdout stays machine-readable: ``up`` prints exactly one line, the absolute path of the
+admin kubeconfig (``KUBECONFIG=$(hush dev up)`` works), and ``status --json`` prints one
+JSON document. ``demo`` is the exception: its story is its stdout.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from hush.dev import cluster, errors, layout
+from hush.dev import cluster, errors, install, layout
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,6 +46,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             "a running cluster keeps its count unless this is given)."
         ),
     )
+    up_parser.add_argument(
+        "--no-hush",
+        dest="install_hush",
+        action="store_false",
+        help=(
+            "Only the control plane and the CRDs: do not run the operator nor register its "
+            "webhooks and admission policies, and remove them if an earlier up installed "
+            "them (for test suites that start their own operators)."
+        ),
+    )
     up_parser.set_defaults(handler=run_up)
 
     down_parser = actions.add_parser(
@@ -61,6 +72,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--json", action="store_true", help="Print the status as one JSON document."
     )
     status_parser.set_defaults(handler=run_status)
+
+    demo_parser = actions.add_parser(
+        "demo",
+        help="Bring the cluster up with Hush and tell its story with real objects.",
+        description=(
+            "Runs `hush dev up`, then, in namespace hush-demo (re-created): a budget with two "
+            "team quotas, policies, enforcement, a refused and an injected Deployment, "
+            "queries through the pods' sidecars until the budget is exhausted, the ledger, "
+            "and a policy change that rolls the workload. The cluster stays up."
+        ),
+    )
+    _add_name(demo_parser)
+    demo_parser.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="Bold section headers (auto: when stdout is a terminal).",
+    )
+    demo_parser.set_defaults(handler=run_demo)
 
 
 def _add_name(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +126,12 @@ def _fail(error: errors.DevClusterError) -> int:
 def run_up(arguments: argparse.Namespace) -> int:
     _configure_logging()
     try:
-        kubeconfig = cluster.up(name=arguments.name, nodes=arguments.nodes, environ=os.environ)
+        kubeconfig = cluster.up(
+            name=arguments.name,
+            nodes=arguments.nodes,
+            environ=os.environ,
+            install_hush=arguments.install_hush,
+        )
     except errors.DevClusterError as error:
         return _fail(error)
     print(kubeconfig)
@@ -127,6 +162,21 @@ def _status_document(state: cluster.ClusterStatus) -> dict[str, Any]:
             }
             for component in state.components
         ],
+        "operator": _operator_document(state.operator),
+    }
+
+
+def _operator_document(operator: install.OperatorStatus | None) -> dict[str, Any] | None:
+    if operator is None:
+        return None
+    return {
+        "state": operator.state,
+        "pid": operator.pid,
+        "accountantUrl": operator.ports.accountant_url if operator.ports else None,
+        "webhookUrl": operator.ports.webhook_url if operator.ports else None,
+        "detail": operator.detail,
+        "logFile": str(operator.log_file),
+        "logTail": operator.log_tail,
     }
 
 
@@ -145,6 +195,17 @@ def _print_status(state: cluster.ClusterStatus) -> None:
             print(f"    {component.detail}")
             for line in component.log_tail.splitlines():
                 print(f"    | {line}")
+    operator = state.operator
+    if state.exists and operator is None:
+        print(f"  {install.OPERATOR_PROCESS:<24} {'not installed':<12} (hush dev up --no-hush)")
+    elif operator is not None:
+        pid = str(operator.pid) if operator.pid else "-"
+        print(
+            f"  {install.OPERATOR_PROCESS:<24} {operator.state:<12} pid {pid:<8} {operator.detail}"
+        )
+        print(f"    log: {operator.log_file}")
+        for line in operator.log_tail.splitlines():
+            print(f"    | {line}")
 
 
 def run_status(arguments: argparse.Namespace) -> int:
@@ -154,3 +215,15 @@ def run_status(arguments: argparse.Namespace) -> int:
     else:
         _print_status(state)
     return 0 if state.healthy else 1
+
+
+def run_demo(arguments: argparse.Namespace) -> int:
+    from hush.dev import demo  # imported here: only the demo needs the sample app and HTTP
+
+    _configure_logging()
+    color = arguments.color == "always" or (arguments.color == "auto" and sys.stdout.isatty())
+    try:
+        demo.run(name=arguments.name, environ=os.environ, color=color)
+    except errors.DevClusterError as error:
+        return _fail(error)
+    return 0

@@ -52,6 +52,10 @@ def _mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _uid(body: Mapping[str, Any]) -> str:
+    return str(_mapping(body.get("metadata")).get("uid") or "")
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -78,7 +82,10 @@ class RolloutController:
         self._scheduled: dict[PolicyKey, asyncio.TimerHandle] = {}
         self._running: dict[PolicyKey, asyncio.Task[None]] = {}
         self._written: dict[PolicyKey, dict[str, Any]] = {}
-        self._applied: dict[tuple[str, str, str], str] = {}
+        # (namespace, kind, name) -> (uid, hash) last rolled to. The uid matters: a workload
+        # deleted and created again under the same name (GitOps, `make demo` re-runs) is a
+        # new object whose pods must roll again, even to a hash its namesake was rolled to.
+        self._applied: dict[tuple[str, str, str], tuple[str, str]] = {}
 
     # -- observations (called from kopf event handlers) -------------------------------
 
@@ -106,6 +113,8 @@ class RolloutController:
         key = (namespace, str(body.get("kind")), str(metadata.get("name")))
         previous = self._workloads.get(key)
         policy = trigger.template_annotations(body).get(trigger.POLICY_ANNOTATION)
+        if event_type == "DELETED":
+            self._applied.pop(key, None)
         if event_type == "DELETED" or not isinstance(policy, str):
             self._workloads.pop(key, None)
         else:
@@ -197,7 +206,7 @@ class RolloutController:
         to_roll = [
             (workload_key, workload)
             for workload_key, workload in using
-            if self._applied.get(workload_key) != desired
+            if self._applied.get(workload_key) != (_uid(workload), desired)
             and trigger.needs_rollout(workload, pods[workload_key], desired)
         ]
         if to_roll:
@@ -249,7 +258,7 @@ class RolloutController:
         async def roll(workload_key: tuple[str, str, str], workload: Mapping[str, Any]) -> None:
             async with limit:
                 await self._apply_rollout(trigger.rollout_apply_body(workload, desired))
-            self._applied[workload_key] = desired
+            self._applied[workload_key] = (_uid(workload), desired)
             metrics.ROLLOUTS_TRIGGERED.labels(workload_key[0], policy).inc()
             logger.info(
                 "Rolled %s %s/%s to policy hash %s",

@@ -1,6 +1,7 @@
 """hush.dev.
 
-A real Kubernetes control plane on loopback for development and e2e tests, without Docker:
+A real Kubernetes control plane on loopback for development, demos and e2e tests, without
+Docker (and, unless ``--no-hush``, with Hush installed on it):
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok run as host processes
 built from source by ``hack/controlplane/build.sh`` (docs/local-control-plane.md says why).
 
@@ -16,6 +17,11 @@ One module, one job:
 - ``health``: the HTTP probes that say a component is ready.
 - ``bootstrap``: the objects every dev cluster needs (Nodes, Hush CRDs), applied with kubectl.
 - ``cluster``: ``up``/``down``/``status``, composing the modules above.
+- ``install``: all of Hush on a dev cluster (the operator as a host process, its webhook
+  configurations and admission policies), or its removal (``up --no-hush``).
+- ``demo``: ``hush dev demo`` (``make demo``), the Hush story told with real objects, with
+  ``demo_objects`` (its manifests, pure), ``sample_app`` (the application behind the sidecar)
+  and ``host_sidecar`` (a Pod's injected sidecar container run as a host process).
 - ``errors``: the one exception the CLI turns into a message and exit code 1.
 
 Nothing here is used by the operator at runtime: this package only stands a cluster up.

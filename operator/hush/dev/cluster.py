@@ -15,9 +15,15 @@ interrupted ``up``), etcd, kube-apiserver, then kube-controller-manager, kube-sc
 kwok together, Nodes, the ``default`` ServiceAccount, CRDs. If a step fails, every process
 started so far is stopped and the logs are kept for ``hush dev status``/debugging.
 
-``down`` stops every process recorded under ``run/`` (SIGTERM to the process group, SIGKILL
-after a grace period) and deletes the state and tmpfs directories. It is safe to run when
-nothing runs. ``up`` and ``down`` of the same cluster are serialised by a file lock.
+Then, on a new or a reused cluster, all of Hush is installed (``hush.dev.install``: the
+operator as a host process, its webhook configurations and admission policies), or, with
+``--no-hush``, an earlier installation is removed. A failed install leaves the control
+plane running: the next ``up`` tries again.
+
+``down`` stops every process recorded under ``run/``, the Hush operator included (SIGTERM to
+the process group, SIGKILL after a grace period) and deletes the state and tmpfs
+directories. It is safe to run when nothing runs. ``up`` and ``down`` of the same cluster
+are serialised by a file lock.
 
 This module composes the others and holds no flags or file names of its own.
 """
@@ -45,6 +51,7 @@ from hush.dev import (
     components,
     errors,
     health,
+    install,
     kubeconfigs,
     layout,
     pki,
@@ -133,10 +140,13 @@ class ClusterStatus:
     kubeconfig: Path | None
     nodes: int | None
     components: tuple[ComponentStatus, ...]
+    operator: install.OperatorStatus | None = None
+    """The host-process Hush operator; None when Hush is not installed (``up --no-hush``)."""
 
     @property
     def healthy(self) -> bool:
-        return self.exists and all(c.state == "running" for c in self.components)
+        operator_ok = self.operator is None or self.operator.state == "running"
+        return self.exists and operator_ok and all(c.state == "running" for c in self.components)
 
     @property
     def unhealthy_components(self) -> tuple[ComponentStatus, ...]:
@@ -258,10 +268,21 @@ def _inspect(cluster: layout.ClusterLayout, record: ClusterRecord | None) -> Clu
     )
 
 
+def bin_dir(*, name: str, environ: Mapping[str, str]) -> Path | None:
+    """The directory of the binaries cluster ``name`` runs (None when it was never created)."""
+    record = _load_record(layout.layout_for(name, environ))
+    return record.bin_dir if record is not None else None
+
+
 def status(*, name: str, environ: Mapping[str, str]) -> ClusterStatus:
-    """The state of every component of cluster ``name`` (nothing is changed)."""
+    """The state of every component of cluster ``name`` and of its Hush operator (nothing is
+    changed)."""
     cluster = layout.layout_for(name, environ)
-    return _inspect(cluster, _load_record(cluster))
+    record = _load_record(cluster)
+    return dataclasses.replace(
+        _inspect(cluster, record),
+        operator=install.operator_status(cluster) if record is not None else None,
+    )
 
 
 # -- down --------------------------------------------------------------------------------
@@ -576,28 +597,37 @@ def up(
     name: str,
     nodes: int | None,
     environ: Mapping[str, str],
+    install_hush: bool,
     now: datetime.datetime | None = None,
 ) -> Path:
     """Make sure cluster ``name`` runs and return the path of its admin kubeconfig.
 
     ``nodes`` None keeps the node count of a running cluster (and means
-    :data:`DEFAULT_NODE_COUNT` for a new one).
+    :data:`DEFAULT_NODE_COUNT` for a new one). ``install_hush`` installs all of Hush once
+    the control plane runs (``hush.dev.install``); False removes an installation left by an
+    earlier ``up``, so the caller gets a bare control plane (the e2e suite, which starts its
+    own operators and registers its own webhooks).
     """
     if nodes is not None and nodes < 1:
         raise errors.DevClusterError(f"--nodes must be at least 1, not {nodes}")
     cluster = layout.layout_for(name, environ)
     bins = binaries.locate(environ)
+    current_time = now or datetime.datetime.now(datetime.UTC)
     with _locked(cluster):
+        kubectl = bootstrap.Kubectl(bins.kubectl, cluster.kubeconfig)
         record = _load_record(cluster)
+        reused = False
         if record is not None:
             existing = _inspect(cluster, record)
             reason = _reason_to_recreate(cluster, existing, record, bins, nodes)
             if reason is None:
                 logger.info("Reused running cluster %s (all components healthy)", name)
-                kubectl = bootstrap.Kubectl(bins.kubectl, cluster.kubeconfig)
                 bootstrap.install_crds(kubectl, _hush_crds(), timeout_seconds=CRD_TIMEOUT_SECONDS)
-                return cluster.kubeconfig
-            logger.warning("Decided to recreate cluster %s from scratch because %s", name, reason)
+                reused = True
+            else:
+                logger.warning(
+                    "Decided to recreate cluster %s from scratch because %s", name, reason
+                )
         elif cluster.state_dir.exists():
             logger.warning(
                 "Decided to recreate cluster %s: %s has no readable cluster.json "
@@ -605,11 +635,16 @@ def up(
                 name,
                 cluster.state_dir,
             )
-        _teardown(cluster)
-        _create(
-            cluster,
-            bins,
-            nodes if nodes is not None else DEFAULT_NODE_COUNT,
-            now or datetime.datetime.now(datetime.UTC),
-        )
+        if not reused:
+            _teardown(cluster)
+            _create(
+                cluster,
+                bins,
+                nodes if nodes is not None else DEFAULT_NODE_COUNT,
+                current_time,
+            )
+        if install_hush:
+            install.ensure_installed(cluster, kubectl, environ=environ, now=current_time)
+        else:
+            install.ensure_removed(cluster, kubectl)
     return cluster.kubeconfig

@@ -25,15 +25,17 @@ DEFAULT_TIMEOUT_SECONDS: Final = 2.0
 
 @dataclasses.dataclass(frozen=True)
 class TlsClient:
-    """How to reach the components' HTTPS endpoints: their CA and a client identity."""
+    """How to reach an HTTPS endpoint: its CA and, for the components, a client identity
+    (Hush's own endpoints need none)."""
 
     ca_certificate: Path
-    client_certificate: Path
-    client_key: Path
+    client_certificate: Path | None = None
+    client_key: Path | None = None
 
     def context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.ca_certificate))
-        context.load_cert_chain(str(self.client_certificate), str(self.client_key))
+        if self.client_certificate is not None and self.client_key is not None:
+            context.load_cert_chain(str(self.client_certificate), str(self.client_key))
         return context
 
 
