@@ -354,6 +354,10 @@ def test_answers_are_noised_charged_labelled_cached_and_stop_when_stale(
             # A policy change makes this pod stale: the next charge is refused, so it stops
             # releasing and turns not-ready.
             _change_policy(api_client, namespace, policy)
+            # The changed route itself: the accountant says "stale", not "wrong cost".
+            status, _, body = _get(f"{base}/count?fresh=9")
+            assert status == 503, body
+            assert json.loads(body)["error"] == "stale-policy"
             status, _, body = _get(f"{base}/ages?fresh=3")
             assert status == 503, body
             assert json.loads(body)["error"] == "stale-policy"

@@ -204,8 +204,10 @@ class Accountant:
             try:
                 body = protocol.SpendRequest.model_validate(await _json(request))
                 grant, policy = await self._grant(request, body.policy, body.policy_hash)
-                authorization.check_route(policy, body)
+                # Staleness first: a pod whose route changed with the policy must learn that
+                # it is stale (409, and it stops releasing), not that its cost is wrong.
                 authorization.check_policy_hash(policy, body.policy_hash)
+                authorization.check_route(policy, body)
             except _REFUSED as error:
                 return _refusal_for(error)
             charge = book.ChargeRequest(
