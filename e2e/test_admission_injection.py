@@ -100,6 +100,18 @@ def test_an_annotated_pod_gets_the_sidecar_exactly_as_built(
     )
     assert baked.policy_hash == policy["status"]["policyHash"]
     assert baked.accountant_url == webhooks_running["accountant_url"]
+
+    # The CA the sidecar mounts is published in the pod's namespace.
+    def published() -> Any:
+        try:
+            return client.CoreV1Api(api_client).read_namespaced_config_map(
+                mutation.ACCOUNTANT_CA_CONFIG_MAP, namespace
+            )
+        except ApiException:
+            return None
+
+    config_map = waiting.wait_for(published, timeout=30, description="the CA ConfigMap")
+    assert config_map.data["ca.crt"] == webhooks_running["cert"].read_text()
     (volume,) = pod["spec"]["volumes"][-1:]
     assert volume["projected"]["sources"][0]["serviceAccountToken"]["audience"] == (
         sidecar.TOKEN_AUDIENCE

@@ -97,6 +97,7 @@ def operator_with_webhooks(
             f"--webhook-tls-key={key}",
             f"--sidecar-image={SIDECAR_IMAGE}",
             f"--sidecar-accountant-url={accountant_url}",
+            f"--sidecar-ca-file={cert}",
             *extra,
         ) as process,
         registered_webhooks(api_client, url=webhook_url, ca_pem=cert.read_bytes()),

@@ -253,6 +253,7 @@ def test_the_operator_runs_restricted_with_probes_and_resources(helm: Path) -> N
     assert env == {
         "POD_NAMESPACE": {"fieldPath": "metadata.namespace"},
         "POD_NAME": {"fieldPath": "metadata.name"},
+        "POD_ID": {"fieldPath": "metadata.uid"},
     }
 
 
@@ -310,6 +311,7 @@ def test_the_arguments_are_what_hush_operator_understands(helm: Path) -> None:
     assert arguments.sidecar_image == f"ghcr.io/hush-dev/hush@{DIGEST}"
     assert arguments.sidecar_accountant_url == "https://hush-accountant.hush-system.svc:8443"
     assert arguments.break_glass_group is None
+    assert str(arguments.sidecar_ca_file) == "/etc/hush/accountant-tls/ca.crt"
     election = operator_command.leader_election_settings(
         arguments, {"POD_NAMESPACE": NAMESPACE, "POD_NAME": "hush-operator-abc"}, "pod_1"
     )

@@ -99,6 +99,14 @@ def register(commands: Any) -> None:
         "https://hush-accountant.hush-system.svc:8443",
     )
     webhook.add_argument(
+        "--sidecar-ca-file",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="CA bundle of the accountant's serving certificate; published as ConfigMap "
+        "hush-accountant-ca in every namespace with a DPPolicy, where sidecars mount it.",
+    )
+    webhook.add_argument(
         "--break-glass-group",
         default=None,
         metavar="GROUP",
@@ -201,6 +209,10 @@ def run(arguments: argparse.Namespace) -> int:
     from hush.webhook import service as webhook_service
 
     webhook_service.configure(webhook_options(arguments))
+
+    from hush.handlers import accountant_ca
+
+    accountant_ca.configure(arguments.sidecar_ca_file)
 
     from hush.controllers import audit as audit_controller
 

@@ -8,6 +8,7 @@ operator`` imports it and runs kopf. No decision is made here: see ``hush.reconc
 # the webhook server listens with the certificate that the keeper loads first.
 from hush.handlers import (
     accountant,
+    accountant_ca,
     audit,
     certificates,
     dppolicy,
@@ -19,6 +20,7 @@ from hush.handlers import (
 
 __all__ = [
     "accountant",
+    "accountant_ca",
     "audit",
     "certificates",
     "dppolicy",

@@ -449,3 +449,28 @@ def list_objects(
         continue_token = (document.get("metadata") or {}).get("continue") or ""
         if not continue_token:
             return found
+
+
+def apply_config_map(
+    namespace: str, name: str, data: Mapping[str, str], *, field_manager: str, timeout: float
+) -> None:
+    """Server-side apply a ConfigMap's ``data`` (created if missing, updated if changed)."""
+    api = kubernetes.client.CoreV1Api(api_client())
+    api.patch_namespaced_config_map(
+        name,
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "hush-operator"},
+            },
+            "data": dict(data),
+        },
+        field_manager=field_manager,
+        force=True,
+        _content_type="application/apply-patch+yaml",
+        _request_timeout=timeout,
+    )
