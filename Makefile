@@ -36,8 +36,8 @@ controlplane: ## Build etcd, kube-*, kubectl, kwok and helm from the pinned Go m
 	hack/controlplane/build.sh
 
 .PHONY: manifests
-manifests: venv ## Regenerate crds/ and the chart's CRDs from the API models
-	$(HUSH) manifests crds charts/hush/crds
+manifests: venv ## Regenerate crds/ and the chart's generated templates (CRDs, webhooks, policies)
+	$(HUSH) manifests crds --chart-templates charts/hush/templates
 
 .PHONY: lint
 lint: venv ## ruff, ruff format --check, mypy --strict, import-linter
@@ -54,7 +54,7 @@ format: venv ## Apply ruff fixes and formatting
 ##@ Testing
 
 .PHONY: unit
-unit: venv ## Unit tests (pure code, no cluster)
+unit: venv controlplane ## Unit tests (no cluster; the chart tests run the built helm)
 	$(BIN)/pytest tests $(PYTEST_FLAGS)
 
 .PHONY: e2e
@@ -65,20 +65,20 @@ e2e: venv controlplane ## e2e tests on a fresh local control plane (torn down af
 	exit $$status
 
 .PHONY: e2e-kind
-e2e-kind: venv ## The same e2e suite against kind (needs Docker and kind; users' CI)
-	kind get clusters | grep -qx hush-e2e || kind create cluster --name hush-e2e --wait 120s
-	kind get kubeconfig --name hush-e2e > $(VENV)/kind-kubeconfig
-	HUSH_KUBECONFIG=$(CURDIR)/$(VENV)/kind-kubeconfig $(BIN)/pytest e2e $(PYTEST_FLAGS)
+e2e-kind: venv ## Build the image, load it into kind, helm install it, run the e2e suite (needs Docker, kind, helm)
+	PYTEST_FLAGS='$(PYTEST_FLAGS)' hack/e2e-kind.sh
 
 .PHONY: test
 test: lint unit e2e ## Everything: lint, unit tests, e2e tests on the local control plane
 
 .PHONY: bench
-bench: venv controlplane ## Benchmarks: samplers, accountants, and the accountant on a local cluster
+bench: venv controlplane ## Benchmarks: samplers, accountants, the sidecar vs nginx, the accountant on a cluster
 	$(BIN)/python bench/bench_samplers.py
 	$(BIN)/python bench/bench_accounting.py
+	$(BIN)/python bench/bench_sampler_timing.py
+	$(BIN)/python bench/bench_sidecar.py
 	@status=0; \
-	kubeconfig="$$($(HUSH) dev up --name hush-bench | tail -n 1)"; \
+	kubeconfig="$$($(HUSH) dev up --name hush-bench --no-hush | tail -n 1)"; \
 	$(BIN)/python bench/bench_accountant.py --kubeconfig "$$kubeconfig" || status=$$?; \
 	$(HUSH) dev down --name hush-bench || true; \
 	exit $$status
@@ -86,7 +86,7 @@ bench: venv controlplane ## Benchmarks: samplers, accountants, and the accountan
 ##@ Local cluster
 
 .PHONY: cluster-up
-cluster-up: venv controlplane ## Start the local control plane (prints the kubeconfig path last)
+cluster-up: venv controlplane ## Start the local control plane with Hush (prints the kubeconfig path last)
 	$(HUSH) dev up --name $(DEMO_CLUSTER)
 
 .PHONY: cluster-down
@@ -98,5 +98,34 @@ cluster-status: venv ## Show what runs in the local control plane
 	$(HUSH) dev status --name $(DEMO_CLUSTER)
 
 .PHONY: demo
-demo: venv controlplane ## Bring up the local cluster, install Hush, show it working
+demo: venv controlplane ## The Hush story on the local cluster with real objects (the cluster stays up)
 	hack/demo.sh $(DEMO_CLUSTER)
+
+##@ Image and CI
+
+IMAGE ?= hush:dev
+SHELLCHECK ?= shellcheck
+
+.PHONY: image
+image: ## Build the container image (IMAGE=hush:dev; needs Docker with BuildKit)
+	docker build --tag $(IMAGE) --build-arg REVISION="$$(git rev-parse HEAD)" .
+
+.PHONY: image-test
+image-test: venv ## The image's install steps in a fresh venv, and its Dockerfile checks (no Docker)
+	$(BIN)/pytest tests/image $(PYTEST_FLAGS)
+
+.PHONY: image-lock
+image-lock: ## Re-lock the image's dependencies with hashes from pyproject.toml (needs PyPI)
+	hack/image-lock.sh
+
+.PHONY: image-pin
+image-pin: ## Pin the Dockerfile's base image to its tag's current digest (needs Docker Hub)
+	hack/image-pin.sh
+
+.PHONY: chart-check
+chart-check: ## helm lint --strict and helm template over the chart's main value sets
+	hack/chart-check.sh
+
+.PHONY: lint-shell
+lint-shell: ## shellcheck every script (warnings and errors)
+	$(SHELLCHECK) --severity=warning hack/*.sh hack/controlplane/*.sh .ci/run

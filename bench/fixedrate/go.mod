@@ -1,0 +1,3 @@
+module hush.dev/bench/fixedrate
+
+go 1.26
