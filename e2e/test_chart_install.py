@@ -277,6 +277,7 @@ def installed(
                 "--webhook-port": str(webhook_port),
                 "--webhook-cert-dir": str(directory / "webhook-certs"),
                 "--metrics-port": str(metrics_port),
+                "--sidecar-ca-file": str(cert),
             },
         )
         operator_kubeconfig = _service_account_kubeconfig(

@@ -1,5 +1,7 @@
-// Command hush-fixed-rate sends HTTP GETs at a fixed rate (open loop) and prints their
-// latency percentiles as one JSON object. bench/bench_sidecar.py uses it for the latency
+// Command hush-fixed-rate sends HTTP requests (GETs, or POSTs of a fixed body with -method and
+// -body-file, over TLS trusting -ca-file) at a fixed rate (open loop) and prints their
+// latency percentiles as one JSON object.
+// bench/bench_sidecar.py uses it for the latency
 // rows at 500 requests/s, because wrk keeps a fixed number of requests in flight (closed
 // loop) and Debian has no wrk2.
 //
@@ -19,6 +21,9 @@
 package main
 
 import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -89,8 +94,15 @@ type sample struct {
 	err             string
 }
 
+// requestSpec is what every request sends: GET by default; POST with a body for webhooks.
+type requestSpec struct {
+	method      string
+	body        []byte
+	contentType string
+}
+
 // run sends requests at rate for duration; queryPrefix, when set, makes every URL distinct.
-func run(client *http.Client, url, queryPrefix string, rate float64, duration time.Duration) []sample {
+func run(client *http.Client, spec requestSpec, url, queryPrefix string, rate float64, duration time.Duration) []sample {
 	count := int(rate * duration.Seconds())
 	samples := make([]sample, count)
 	interval := time.Duration(float64(time.Second) / rate)
@@ -110,7 +122,16 @@ func run(client *http.Client, url, queryPrefix string, rate float64, duration ti
 			defer group.Done()
 			slot.due = due
 			slot.sent = time.Now()
-			reply, err := client.Get(target)
+			request, err := http.NewRequest(spec.method, target, bytes.NewReader(spec.body))
+			if err != nil {
+				slot.done = time.Now()
+				slot.err = err.Error()
+				return
+			}
+			if spec.contentType != "" {
+				request.Header.Set("Content-Type", spec.contentType)
+			}
+			reply, err := client.Do(request)
 			if err == nil {
 				_, err = io.Copy(io.Discard, reply.Body)
 				reply.Body.Close()
@@ -137,26 +158,50 @@ func main() {
 		"when set, request i asks URL?r=<prefix><i>, so no two requests are identical")
 	timeout := flag.Duration("timeout", 60*time.Second, "per-request timeout")
 	maxConnections := flag.Int("max-connections", 256, "most connections open at once")
+	method := flag.String("method", "GET", "HTTP method")
+	bodyFile := flag.String("body-file", "", "file whose bytes are each request's body")
+	contentType := flag.String("content-type", "", "Content-Type of the body")
+	caFile := flag.String("ca-file", "", "PEM bundle to trust for https URLs")
 	flag.Parse()
 	if *url == "" || *rate <= 0 {
 		fmt.Fprintln(os.Stderr, "usage: hush-fixed-rate -url URL [-rate N] [-duration D]")
 		os.Exit(2)
 	}
-	client := &http.Client{
-		Timeout: *timeout,
-		Transport: &http.Transport{
-			MaxIdleConnsPerHost: *maxConnections,
-			MaxConnsPerHost:     *maxConnections,
-			DisableCompression:  true,
-			IdleConnTimeout:     time.Minute,
-		},
+	spec := requestSpec{method: *method, contentType: *contentType}
+	if *bodyFile != "" {
+		body, err := os.ReadFile(*bodyFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		spec.body = body
 	}
+	transport := &http.Transport{
+		MaxIdleConnsPerHost: *maxConnections,
+		MaxConnsPerHost:     *maxConnections,
+		DisableCompression:  true,
+		IdleConnTimeout:     time.Minute,
+	}
+	if *caFile != "" {
+		pem, err := os.ReadFile(*caFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			fmt.Fprintln(os.Stderr, "no certificates in", *caFile)
+			os.Exit(2)
+		}
+		transport.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	}
+	client := &http.Client{Timeout: *timeout, Transport: transport}
 	if *warmup > 0 {
-		run(client, *url, *queryPrefix+"warmup-", *rate, *warmup)
+		run(client, spec, *url, *queryPrefix+"warmup-", *rate, *warmup)
 	}
 	cpuBefore := cpuSeconds()
 	started := time.Now()
-	samples := run(client, *url, *queryPrefix, *rate, *duration)
+	samples := run(client, spec, *url, *queryPrefix, *rate, *duration)
 	elapsed := time.Since(started).Seconds()
 	cpuUsed := cpuSeconds() - cpuBefore
 
