@@ -180,6 +180,20 @@ def test_a_policy_change_rolls_every_deployment_that_uses_it(
                 }
             }
         }
+    # Each rolled Deployment says so in its Events (kubectl describe deployment).
+    events = client.CoreV1Api(api_client).list_namespaced_event(namespace).items
+    rolled = {
+        event.involved_object.name: event
+        for event in events
+        if event.reason == "PolicyRollout" and event.involved_object.kind == "Deployment"
+    }
+    assert set(rolled) == set(names)
+    for name, event in rolled.items():
+        assert event.type == "Normal"
+        assert event.message == (
+            f"Rolling Deployment {name} to DPPolicy survey hash {new_hash}: "
+            "its pods run a stale policy"
+        )
 
 
 def test_a_deployment_that_cannot_roll_is_reported_stalled(

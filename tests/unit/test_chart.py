@@ -203,6 +203,37 @@ def test_the_schema_types_every_value_and_refuses_unknown_keys(helm: Path) -> No
     assert "/image/digest" in unpinned.stderr
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("image.digest=latest", "at '/image/digest': 'latest' does not match pattern"),
+        ("operator.replicas=two", "at '/operator/replicas': got string, want integer"),
+        ("operator.replicas=0", "at '/operator/replicas': minimum: got 0, want 1"),
+        (
+            "webhook.certificates.mode=vault",
+            "at '/webhook/certificates/mode': value must be one of 'self-signed', 'cert-manager'",
+        ),
+        (
+            "monitoring.prometheusRule.budgetNearExhaustion.fraction=2",
+            "at '/monitoring/prometheusRule/budgetNearExhaustion/fraction': maximum: got 2, want 1",
+        ),
+        # Rendered into a PromQL range: a bad duration would make the whole rule group fail.
+        (
+            "monitoring.prometheusRule.burnRate.window=1hour",
+            "at '/monitoring/prometheusRule/burnRate/window': '1hour' does not match pattern",
+        ),
+    ],
+    ids=["pattern", "type", "minimum", "enum", "maximum", "promql-duration"],
+)
+def test_a_wrong_value_is_refused_naming_the_value_and_what_it_must_be(
+    helm: Path, value: str, message: str
+) -> None:
+    result = render_result(helm, f"image.digest={DIGEST}", value)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert message in result.stderr, result.stderr
+
+
 # -- the Deployment ----------------------------------------------------------------------------
 
 

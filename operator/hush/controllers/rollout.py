@@ -12,6 +12,11 @@ in-memory picture of each and, per policy, a debounced reconciliation:
 3. while anything is still rolling, the policy is looked at again every
    ``RECHECK_SECONDS``, so a stall that produces no pod event is still reported.
 
+What it does is also told with Events, for ``kubectl describe`` and event exporters: a
+Normal ``PolicyRollout`` on each workload it rolls, and a Warning ``RolloutStalled`` on the
+DPPolicy when its ``RolloutStalled`` condition turns True. Events are best effort: a failed
+post is logged and changes nothing else (the status is the record).
+
 Events arrive in bursts (a rollout of 100 Deployments is thousands of pod events); the
 debounce coalesces them into one reconciliation per policy per ``DEBOUNCE_SECONDS``.
 """
@@ -22,9 +27,10 @@ import asyncio
 import dataclasses
 import datetime
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from hush.api import common
 from hush.observability import metrics
 from hush.reconcile import conditions as conditions_module
 from hush.rollout import drift, progress, selectors, trigger
@@ -37,6 +43,8 @@ MAX_CONCURRENT_APPLIES = 16
 MAX_LISTED_WORKLOADS = 200  # status stays small (invariant 7's spirit, for policies)
 MAX_LISTED_DRIFTED_PODS = 50
 POLICY_LABEL = "hush.dev/policy"
+ROLLOUT_EVENT_REASON = "PolicyRollout"
+STALLED_EVENT_REASON = "RolloutStalled"
 
 PolicyKey = tuple[str, str]  # namespace, name
 
@@ -46,6 +54,13 @@ class PolicyState:
     generation: int
     policy_hash: str
     status: Mapping[str, Any]
+    # apiVersion, kind and metadata: what an Event about the policy refers to.
+    reference: Mapping[str, Any]
+
+
+# post_event(involved object, Event type, reason, message); the object is a body with at
+# least apiVersion, kind and metadata (namespace, name, uid).
+PostEvent = Callable[[Mapping[str, Any], str, str, str], Awaitable[None]]
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
@@ -67,12 +82,17 @@ class RolloutController:
         apply_rollout: Callable[[Mapping[str, Any]], Awaitable[None]],
         patch_policy_status: Callable[[str, str, Mapping[str, Any]], Awaitable[None]],
         report_drift: Callable[[Mapping[str, Any], str], Awaitable[None]],
+        post_event: PostEvent,
         sidecar_image: str | None,
         clock: Callable[[], datetime.datetime] = _now,
     ) -> None:
         self._apply_rollout = apply_rollout
         self._patch_policy_status = patch_policy_status
         self._report_drift = report_drift
+        self._post_event = post_event
+        # Policies whose RolloutStalled Event was posted and that have not recovered since:
+        # the status seen by observe_policy lags behind the controller's own write.
+        self._stalled: set[PolicyKey] = set()
         self._sidecar_image = sidecar_image
         self._reported_drift: set[tuple[str, str]] = set()  # (pod uid, reason)
         self._clock = clock
@@ -95,6 +115,7 @@ class RolloutController:
         if event_type == "DELETED":
             self._policies.pop(key, None)
             self._written.pop(key, None)
+            self._stalled.discard(key)
             return
         status = _mapping(body.get("status"))
         policy_hash = status.get("policyHash")
@@ -104,6 +125,11 @@ class RolloutController:
             generation=int(metadata.get("generation") or 0),
             policy_hash=policy_hash,
             status=dict(status),
+            reference={
+                "apiVersion": body.get("apiVersion"),
+                "kind": body.get("kind"),
+                "metadata": dict(metadata),
+            },
         )
         self.touch(key)
 
@@ -258,7 +284,14 @@ class RolloutController:
         async def roll(workload_key: tuple[str, str, str], workload: Mapping[str, Any]) -> None:
             async with limit:
                 await self._apply_rollout(trigger.rollout_apply_body(workload, desired))
-            self._applied[workload_key] = (_uid(workload), desired)
+                self._applied[workload_key] = (_uid(workload), desired)
+                await self._event(
+                    workload,
+                    "Normal",
+                    ROLLOUT_EVENT_REASON,
+                    f"Rolling {workload_key[1]} {workload_key[2]} to DPPolicy {policy} hash "
+                    f"{desired}: its pods run a stale policy",
+                )
             metrics.ROLLOUTS_TRIGGERED.labels(workload_key[0], policy).inc()
             logger.info(
                 "Rolled %s %s/%s to policy hash %s",
@@ -278,6 +311,15 @@ class RolloutController:
                     "Could not roll %s %s/%s: %r", workload_key[1], workload_key[0],
                     workload_key[2], result,
                 )  # fmt: skip
+
+    async def _event(
+        self, involved: Mapping[str, Any], event_type: str, reason: str, message: str
+    ) -> None:
+        try:
+            await self._post_event(involved, event_type, reason, message)
+        except Exception as error:  # best effort: the status says it too
+            name = _mapping(involved.get("metadata")).get("name")
+            logger.warning("Could not post %s Event for %s: %r", reason, name, error)
 
     async def _write_status(
         self,
@@ -338,7 +380,26 @@ class RolloutController:
         ]
         if state.status.get("conditions") != condition_dump:
             changes["conditions"] = condition_dump
-        if not changes or self._written.get(key) == changes:
+        if changes and self._written.get(key) != changes:
+            await self._patch_policy_status(key[0], key[1], changes)
+            self._written[key] = changes
+        await self._tell_stalled(key, state, current, stalled)
+
+    async def _tell_stalled(
+        self,
+        key: PolicyKey,
+        state: PolicyState,
+        current: Sequence[common.Condition],
+        stalled: progress.ConditionVerdict,
+    ) -> None:
+        """A Warning Event when RolloutStalled turns True (once, until it turns False)."""
+        if stalled.status != "True":
+            self._stalled.discard(key)
             return
-        await self._patch_policy_status(key[0], key[1], changes)
-        self._written[key] = changes
+        was_stalled = key in self._stalled or any(
+            condition.type == stalled.type and condition.status == "True" for condition in current
+        )
+        self._stalled.add(key)
+        if not was_stalled:
+            await self._event(state.reference, "Warning", STALLED_EVENT_REASON, stalled.message)
+            logger.warning("Rollout of DPPolicy %s/%s stalled: %s", *key, stalled.message)

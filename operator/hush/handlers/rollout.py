@@ -51,6 +51,22 @@ async def _report_drift(pod: Mapping[str, Any], message: str) -> None:
     )
 
 
+async def _post_event(
+    involved: Mapping[str, Any], event_type: str, reason: str, message: str
+) -> None:
+    await asyncio.to_thread(
+        client.create_event,
+        involved={
+            "apiVersion": involved["apiVersion"],
+            "kind": involved["kind"],
+            "metadata": involved["metadata"],
+        },
+        reason=reason,
+        message=message,
+        event_type=event_type,
+    )
+
+
 @functools.cache
 def controller() -> rollout.RolloutController:
     injection = webhook_service.current().options.injection
@@ -58,6 +74,7 @@ def controller() -> rollout.RolloutController:
         apply_rollout=_apply_rollout,
         patch_policy_status=_patch_policy_status,
         report_drift=_report_drift,
+        post_event=_post_event,
         sidecar_image=injection.image if injection is not None else None,
     )
 
