@@ -26,11 +26,14 @@ refusal with a reason, or nothing to do. The rules:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pydantic
 
+from hush.api import dppolicy
 from hush.injection import sidecar
 from hush.reconcile import dppolicy as dppolicy_reconcile
 
@@ -135,6 +138,46 @@ def _find_upstream_port(
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed_policy(spec_json: str, image: str) -> tuple[dppolicy.DPPolicySpec, str]:
+    """The parsed spec and its hash, cached by the spec's canonical JSON: the webhook sees
+    the same few policies for every pod (parsing and hashing were most of a review's cost,
+    docs/benchmarks.md "Admission")."""
+    parsed = dppolicy_reconcile.parse_spec(json.loads(spec_json))
+    return parsed, dppolicy_reconcile.policy_hash(parsed, image)
+
+
+@functools.lru_cache(maxsize=256)
+def _container_json(
+    name: str,
+    spec_json: str,
+    image: str,
+    accountant_url: str,
+    resources_json: str,
+    *,
+    listen_port: int,
+    admin_port: int,
+    port_name: str,
+) -> str:
+    """The sidecar container as JSON (a fresh copy per pod via ``json.loads``), cached:
+    building it validates the whole baked configuration, which is the same for every pod
+    of a policy."""
+    parsed, policy_hash = _parsed_policy(spec_json, image)
+    container = sidecar.build_sidecar_container(
+        policy_name=name,
+        policy_spec=parsed.model_dump(mode="json", by_alias=True),
+        policy_hash=policy_hash,
+        image=image,
+        accountant_url=accountant_url,
+        upstream_port=parsed.upstream.port,
+        listen_port=listen_port,
+        admin_port=admin_port,
+        port_name=port_name,
+        resources=json.loads(resources_json),
+    )
+    return json.dumps(container)
+
+
 def mutate_pod(
     pod: Mapping[str, Any],
     *,
@@ -174,10 +217,10 @@ def mutate_pod(
     if problem is not None:
         return _refuse(f"DPPolicy {namespace}/{name} is not Ready ({problem})", name)
     try:
-        parsed = dppolicy_reconcile.parse_spec(policy.get("spec") or {})
+        spec_json = json.dumps(policy.get("spec") or {}, sort_keys=True, separators=(",", ":"))
+        parsed, policy_hash = _parsed_policy(spec_json, settings.image)
     except pydantic.ValidationError as error:
         return _refuse(f"DPPolicy {namespace}/{name} does not parse: {error}", name)
-    policy_hash = dppolicy_reconcile.policy_hash(parsed, settings.image)
 
     containers: list[Mapping[str, Any]] = list(spec.get("containers") or [])
     located = _find_upstream_port(containers, parsed.upstream.port)
@@ -212,18 +255,13 @@ def mutate_pod(
                 f"listens on {listen_port} as {UNNAMED_SIDECAR_PORT_NAME})"
             )
 
-    container = sidecar.build_sidecar_container(
-        policy_name=name,
-        policy_spec=parsed.model_dump(mode="json", by_alias=True),
-        policy_hash=policy_hash,
-        image=settings.image,
-        accountant_url=settings.accountant_url,
-        upstream_port=parsed.upstream.port,
-        listen_port=listen_port,
-        admin_port=admin_port,
-        port_name=port_name,
-        resources=settings.resources,
-    )
+    container = json.loads(
+        _container_json(
+            name, spec_json, settings.image, settings.accountant_url,
+            json.dumps(settings.resources, sort_keys=True),
+            listen_port=listen_port, admin_port=admin_port, port_name=port_name,
+        )
+    )  # fmt: skip
     container["restartPolicy"] = "Always"  # a native sidecar (KEP-753)
     if spec.get("initContainers"):
         patch.append({"op": "add", "path": "/spec/initContainers/-", "value": container})
