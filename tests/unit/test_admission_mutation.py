@@ -297,3 +297,15 @@ def test_a_policy_name_too_long_for_a_label_is_refused() -> None:
     decided = _mutate(pod, {**POLICY, "metadata": {"name": "p" * 64}})
     assert not decided.allowed
     assert "longer than 63 characters" in decided.message
+
+
+def test_the_encoded_patch_is_exactly_the_patch() -> None:
+    for pod in (
+        _pod(),
+        _pod(initContainers=[{"name": "migrate", "image": "x@sha256:" + "d" * 64}]),
+    ):
+        decided = _mutate(pod)
+        assert json.loads(decided.patch_json) == list(decided.patch)
+        assert review.decode_patch(review.allow("u", patch_json=decided.patch_json)) == list(
+            decided.patch
+        )

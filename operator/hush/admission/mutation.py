@@ -61,6 +61,10 @@ class Settings:
         default_factory=lambda: {k: dict(v) for k, v in sidecar.DEFAULT_RESOURCES.items()}
     )
 
+    @property
+    def resources_json(self) -> str:
+        return json.dumps(self.resources, sort_keys=True)
+
     def __post_init__(self) -> None:
         if "@sha256:" not in self.image:
             raise ValueError(
@@ -75,6 +79,7 @@ class Mutation:
 
     allowed: bool
     patch: tuple[dict[str, Any], ...] = ()
+    patch_json: str = ""  # ``patch`` encoded (with the container's cached JSON spliced in)
     message: str = ""
     warnings: tuple[str, ...] = ()
     policy_name: str = ""
@@ -175,7 +180,8 @@ def _container_json(
         port_name=port_name,
         resources=json.loads(resources_json),
     )
-    return json.dumps(container)
+    container["restartPolicy"] = "Always"  # a native sidecar (KEP-753)
+    return json.dumps(container, separators=(",", ":"))
 
 
 def mutate_pod(
@@ -255,18 +261,20 @@ def mutate_pod(
                 f"listens on {listen_port} as {UNNAMED_SIDECAR_PORT_NAME})"
             )
 
-    container = json.loads(
-        _container_json(
-            name, spec_json, settings.image, settings.accountant_url,
-            json.dumps(settings.resources, sort_keys=True),
-            listen_port=listen_port, admin_port=admin_port, port_name=port_name,
-        )
+    container_json = _container_json(
+        name, spec_json, settings.image, settings.accountant_url, settings.resources_json,
+        listen_port=listen_port, admin_port=admin_port, port_name=port_name,
     )  # fmt: skip
-    container["restartPolicy"] = "Always"  # a native sidecar (KEP-753)
+    container = json.loads(container_json)
+    # The container is most of the patch: its JSON (cached with it) is spliced into the
+    # encoded patch instead of being encoded again for every pod.
     if spec.get("initContainers"):
         patch.append({"op": "add", "path": "/spec/initContainers/-", "value": container})
+        spliced = f'{{"op":"add","path":"/spec/initContainers/-","value":{container_json}}}'
     else:
         patch.append({"op": "add", "path": "/spec/initContainers", "value": [container]})
+        spliced = f'{{"op":"add","path":"/spec/initContainers","value":[{container_json}]}}'
+    container_index = len(patch) - 1
     volume = sidecar.build_accountant_volume(ca_config_map=settings.ca_config_map)
     if spec.get("volumes"):
         patch.append({"op": "add", "path": "/spec/volumes/-", "value": volume})
@@ -286,9 +294,14 @@ def mutate_pod(
     ):
         # The pod has annotations: it is annotated with hush.dev/policy.
         patch.append({"op": "add", "path": f"/metadata/annotations/{_escape(key)}", "value": value})
+    encoded = [
+        spliced if index == container_index else json.dumps(operation, separators=(",", ":"))
+        for index, operation in enumerate(patch)
+    ]
     return Mutation(
         allowed=True,
         patch=tuple(patch),
+        patch_json="[" + ",".join(encoded) + "]",
         warnings=tuple(warnings),
         policy_name=name,
         policy_hash=policy_hash,

@@ -153,13 +153,15 @@ def allow(
     uid: str,
     *,
     patch: Sequence[Mapping[str, Any]] = (),
+    patch_json: str = "",
     warnings: Sequence[str] = (),
     audit_annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Allowed, with an optional JSON Patch, warnings and audit annotations."""
+    """Allowed, with an optional JSON Patch (as operations, or already encoded as
+    ``patch_json``), warnings and audit annotations."""
     response: dict[str, Any] = {"uid": uid, "allowed": True}
-    if patch:
-        encoded = json.dumps(list(patch), separators=(",", ":")).encode()
+    if patch or patch_json:
+        encoded = (patch_json or json.dumps(list(patch), separators=(",", ":"))).encode()
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(encoded).decode("ascii")
     if warnings:

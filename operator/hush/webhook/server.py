@@ -157,7 +157,10 @@ class WebhookServer:
                 decided.policy_name,
                 decided.policy_hash,
             )
-        return review.allow(request.uid, patch=decided.patch, warnings=decided.warnings)
+        return review.allow(
+            request.uid, patch=decided.patch, patch_json=decided.patch_json,
+            warnings=decided.warnings,
+        )  # fmt: skip
 
     async def validate(self, request: review.Request) -> dict[str, Any]:
         if self._validate is None:
