@@ -142,7 +142,7 @@ def _watch_annotations(
     return thread
 
 
-def measure_hush(api: client.ApiClient, count: int) -> dict[str, float]:
+def measure_hush(api: client.ApiClient, count: int, *, complete: bool = True) -> dict[str, float]:
     namespace, old_hash = _setup(api, count)
     seen: dict[str, float] = {}
     policy = _policy(api, namespace)
@@ -164,6 +164,9 @@ def measure_hush(api: client.ApiClient, count: int) -> dict[str, float]:
     watcher = _watch_annotations(api, namespace, count, str(new_hash), seen)
     watcher.join(TIMEOUT)
     triggered = max(seen.values()) - started
+    if not complete:
+        client.CoreV1Api(api).delete_namespace(namespace)
+        return {"triggered_s": triggered, "complete_s": float("nan")}
     waiting.wait_for(
         lambda: _rollout_done(api, namespace, str(new_hash)),
         timeout=TIMEOUT,
@@ -203,16 +206,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", type=Path, required=True)
     parser.add_argument("--deployments", default="1,10,100")
+    parser.add_argument(
+        "--trigger-only",
+        action="store_true",
+        help="Measure only the time to the last rollout started (no baseline, no completion).",
+    )
     arguments = parser.parse_args()
     api = config.new_client_from_config(config_file=str(arguments.kubeconfig))
     hush_resources.install_crds(api)
     sizes = [int(size) for size in arguments.deployments.split(",")]
-    workdir = Path(f"/tmp/hush-bench-rollout-{secrets.token_hex(3)}")
+    workdir = Path(f"/tmp/hush-bench-rollout-{secrets.token_hex(3)}")  # noqa: S108
     workdir.mkdir(parents=True)
     rows = []
     with webhook_setup.operator_with_webhooks(api, arguments.kubeconfig, workdir) as running:
         pid = running["process"].pid
         for size in sizes:
+            if arguments.trigger_only:
+                hush = measure_hush(api, size, complete=False)
+                row = {
+                    "deployments": size,
+                    "hush_triggered_s": round(hush["triggered_s"], 2),
+                    "operator_peak_rss_mib": round(_peak_rss_mib(pid), 1),
+                }
+                print(json.dumps(row), flush=True)
+                continue
             baseline = measure_baseline(api, size)
             hush = measure_hush(api, size)
             rows.append(
