@@ -315,7 +315,12 @@ def installed(
 
 def _assert_no_forbidden(installed: Installed) -> None:
     """The chart's RBAC sufficed for everything the operator did so far."""
-    lines = [line for line in installed.operator_log().splitlines() if "forbidden" in line.lower()]
+    lines = [
+        line
+        for line in installed.operator_log().splitlines()
+        # A test namespace being deleted also answers "forbidden"; that is not RBAC.
+        if "forbidden" in line.lower() and "being terminated" not in line
+    ]
     assert lines == [], "\n".join(lines[:5])
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -65,6 +66,23 @@ PostEvent = Callable[[Mapping[str, Any], str, str, str], Awaitable[None]]
 
 def _mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
+
+
+def _describe(error: BaseException) -> str:
+    """The error with the apiserver's own message when it has one (an ApiException's body),
+    so that a log reader can tell RBAC ("forbidden: User ... cannot") from a namespace
+    being deleted ("forbidden: unable to create new content ... being terminated")."""
+    body = getattr(error, "body", None)
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    if isinstance(body, str) and body:
+        try:
+            message = json.loads(body).get("message")
+        except ValueError:
+            message = None
+        if isinstance(message, str) and message:
+            return f"{type(error).__name__}: {message}"
+    return repr(error)
 
 
 def _uid(body: Mapping[str, Any]) -> str:
@@ -267,7 +285,9 @@ class RolloutController:
                 try:
                     await self._report_drift(pod, message)
                 except Exception as error:  # an Event is best effort; status still says it
-                    logger.warning("Could not post drift Event for %s: %r", pod_name, error)
+                    logger.warning(
+                        "Could not post drift Event for %s: %s", pod_name, _describe(error)
+                    )
                 self._reported_drift.update((uid, reason) for reason in new)
                 logger.warning("Detected sidecar drift: %s", message)
         metrics.DRIFTED_PODS.labels(namespace, policy).set(len(drifted))
@@ -308,8 +328,8 @@ class RolloutController:
         for (workload_key, _), result in zip(to_roll, results, strict=True):
             if isinstance(result, BaseException):
                 logger.warning(
-                    "Could not roll %s %s/%s: %r", workload_key[1], workload_key[0],
-                    workload_key[2], result,
+                    "Could not roll %s %s/%s: %s", workload_key[1], workload_key[0],
+                    workload_key[2], _describe(result),
                 )  # fmt: skip
 
     async def _event(
@@ -319,7 +339,7 @@ class RolloutController:
             await self._post_event(involved, event_type, reason, message)
         except Exception as error:  # best effort: the status says it too
             name = _mapping(involved.get("metadata")).get("name")
-            logger.warning("Could not post %s Event for %s: %r", reason, name, error)
+            logger.warning("Could not post %s Event for %s: %s", reason, name, _describe(error))
 
     async def _write_status(
         self,
