@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 DEBOUNCE_SECONDS = 0.3
 RECHECK_SECONDS = 3.0
-MAX_CONCURRENT_APPLIES = 16
+MAX_CONCURRENT_APPLIES = 32
 MAX_LISTED_WORKLOADS = 200  # status stays small (invariant 7's spirit, for policies)
 MAX_LISTED_DRIFTED_PODS = 50
 POLICY_LABEL = "hush.dev/policy"
