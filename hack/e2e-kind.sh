@@ -44,7 +44,10 @@ done
 mkdir -p "$state"
 
 # 1. The cluster.
-if ! kind get clusters | grep -qx "$cluster"; then
+# Output captured first: with pipefail, `kind ... | grep -q` can fail with SIGPIPE (141)
+# when grep exits early.
+clusters="$(kind get clusters)"
+if ! grep -qx "$cluster" <<<"$clusters"; then
   log "Creating kind cluster $cluster"
   node_image=()
   if [[ -n "${KIND_NODE_IMAGE:-}" ]]; then node_image=(--image "$KIND_NODE_IMAGE"); fi
@@ -68,7 +71,8 @@ log "Loading $image into $cluster"
 kind load docker-image "$image" --name "$cluster"
 
 # 4. The release.
-kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f -
+namespace_manifest="$(kubectl create namespace "$namespace" --dry-run=client -o yaml)"
+kubectl apply -f - <<<"$namespace_manifest"
 secret="$release-accountant-tls"
 [[ "$release" == *hush* ]] || secret="$release-hush-accountant-tls"
 service="${secret%-tls}"
