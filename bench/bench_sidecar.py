@@ -919,6 +919,7 @@ def profile_sidecar(setup: Setup, *, connections: int, seconds: float) -> dict[s
         )
         results[target.key]["label"] = target.label
         results[target.key]["stacks"] = str(output)
+        results[target.key]["usage"] = usage
     return results
 
 
@@ -964,6 +965,14 @@ def print_profile(results: dict[str, Any]) -> None:
             f"{result['cpu_us_per_request']:.0f} us CPU per request "
             f"({result['busy_samples']} busy py-spy samples; stacks in {result['stacks']})"
         )
+        usage = result["usage"]
+        if usage["cpu0_busy"] < 0.9:
+            # Not CPU-bound: waiting for the upstream or the stub (py-spy shares their core).
+            print(
+                f"  NOT SATURATED: CPU {PROXY_CPU} {usage['cpu0_busy']:.0%} busy, CPU {LOAD_CPU} "
+                f"{usage['cpu1_busy']:.0%} (stub {usage['accountant_stub_cpu']:.0%}); the "
+                "shares below are still per request, the rate is not the sidecar's"
+            )
         for name, category in result["categories"].items():
             share, micros = category["share"] * 100, category["us_per_request"]
             print(f"  {share:5.1f} %  {micros:6.0f} us  {name}")
