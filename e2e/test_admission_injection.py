@@ -154,8 +154,13 @@ def test_pods_that_cannot_be_guarded_are_refused_with_the_reason(
 def test_unannotated_pods_and_deployments_are_not_mutated(
     api_client: client.ApiClient, namespace: str, webhooks_running: dict[str, Any]
 ) -> None:
+    metrics_url = webhooks_running["metrics_url"]
+    reviews_before = webhook_setup.admission_requests(metrics_url, "mutate-pods")
     plain = _create_pod(api_client, namespace, _pod("plain", policy=None))
     assert "initContainers" not in plain["spec"] or not plain["spec"]["initContainers"]
+    # The injector's matchConditions keep unannotated pods away from the webhook entirely:
+    # the apiserver admits them without a network hop.
+    assert webhook_setup.admission_requests(metrics_url, "mutate-pods") == reviews_before
 
     _ready_policy(api_client, namespace)
     template = _pod("ignored")
@@ -191,6 +196,8 @@ def test_unannotated_pods_and_deployments_are_not_mutated(
         return None
 
     waiting.wait_for(injected_pod, timeout=60, description="an injected pod of Deployment web")
+    # ... and the annotated pod was reviewed by the injector (the condition lets it through).
+    assert webhook_setup.admission_requests(metrics_url, "mutate-pods") > reviews_before
     assert (
         apps.read_namespaced_deployment("web", namespace).spec.template.spec.init_containers is None
     )

@@ -55,6 +55,7 @@ import hush_resources
 import operator_process
 import spending
 import waiting
+import webhook_setup
 
 CHART = devcluster.REPO_ROOT / "charts" / "hush"
 POLICY = "survey"
@@ -444,19 +445,6 @@ def _charge(installed: Installed, token: str, request_id: str) -> tuple[int, dic
         return int(error.code), json.loads(error.read() or b"{}")
 
 
-def _admission_count(installed: Installed, webhook: str, decision: str) -> float:
-    """``hush_admission_requests_total`` for one webhook and decision, from this operator."""
-    with urllib.request.urlopen(installed.metrics_url, timeout=10) as reply:  # noqa: S310
-        text = reply.read().decode()
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith("hush_admission_requests_total{")
-        and f'webhook="{webhook}"' in line
-        and f'decision="{decision}"' in line
-    )
-
-
 def test_budgets_injection_charges_and_rollouts_work_under_the_charts_rbac(
     api_client: client.ApiClient, installed: Installed
 ) -> None:
@@ -582,7 +570,9 @@ def test_the_charts_validating_webhook_enforces(
             },
         },
     }
-    denied_before = _admission_count(installed, "validate-workloads", "denied")
+    denied_before = webhook_setup.admission_requests(
+        installed.metrics_url, "validate-workloads", "denied"
+    )
 
     def refused_by_the_webhook() -> str | None:
         result = kubectl_run(
@@ -596,7 +586,10 @@ def test_the_charts_validating_webhook_enforces(
     assert "missing-policy" in message
     assert "workloads.enforce.hush.dev" in message
     # The call reached this operator through the release's webhook configuration.
-    assert _admission_count(installed, "validate-workloads", "denied") > denied_before
+    assert (
+        webhook_setup.admission_requests(installed.metrics_url, "validate-workloads", "denied")
+        > denied_before
+    )
 
 
 def _may(

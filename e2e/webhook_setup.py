@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ def operator_with_webhooks(
     cert, key = operator_process.write_serving_certificate(directory)
     accountant_port = operator_process.free_port()
     webhook_port = operator_process.free_port()
+    metrics_port = operator_process.free_port()
     accountant_url = f"https://127.0.0.1:{accountant_port}"
     webhook_url = f"https://127.0.0.1:{webhook_port}"
     with (
@@ -98,6 +100,7 @@ def operator_with_webhooks(
             f"--sidecar-image={SIDECAR_IMAGE}",
             f"--sidecar-accountant-url={accountant_url}",
             f"--sidecar-ca-file={cert}",
+            f"--metrics-port={metrics_port}",
             *extra,
         ) as process,
         registered_webhooks(api_client, url=webhook_url, ca_pem=cert.read_bytes()),
@@ -106,5 +109,19 @@ def operator_with_webhooks(
             "process": process,
             "accountant_url": accountant_url,
             "webhook_url": webhook_url,
+            "metrics_url": f"http://127.0.0.1:{metrics_port}/metrics",
             "cert": cert,
         }
+
+
+def admission_requests(metrics_url: str, webhook: str, decision: str | None = None) -> float:
+    """``hush_admission_requests_total`` of one operator for a webhook path (and decision)."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:  # noqa: S310
+        text = reply.read().decode()
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("hush_admission_requests_total{")
+        and f'webhook="{webhook}"' in line
+        and (decision is None or f'decision="{decision}"' in line)
+    )

@@ -124,3 +124,16 @@ def test_the_chart_template_is_the_builders_with_helm_variables() -> None:
     assert _as_helm_renders(variables, url="") == webhooks.all_configurations(by_service)
     assert _as_helm_renders(variables, url="yes") == webhooks.all_configurations(by_url)
     assert not re.search(r"^ *caBundle:", webhooks.render_chart_template(), re.M)
+
+
+def test_only_pods_that_ask_for_a_policy_reach_the_injector() -> None:
+    (entry,) = webhooks.build_mutating_configuration(SETTINGS)["webhooks"]
+    (condition,) = entry["matchConditions"]
+    # The handler's own test for the annotation, in CEL, with the same annotation key.
+    assert condition["expression"] == (
+        "has(object.metadata.annotations) && "
+        f"'{validation.POLICY_ANNOTATION}' in object.metadata.annotations"
+    )
+    # Validating entries keep every request: exec/attach options carry no annotations.
+    validating = webhooks.build_validating_configuration(SETTINGS)["webhooks"]
+    assert all("matchConditions" not in entry for entry in validating)

@@ -19,6 +19,9 @@ Safety (invariant 8) is decided here, per webhook entry:
 - Workloads and access to pods (exec, attach, ephemeral containers) share one path; the
   server dispatches on the request's kind and subresource.
 - Injection is one webhook (``pods.inject.hush.dev``), with ``reinvocationPolicy: Never``.
+  Its ``matchConditions`` (CEL, evaluated by the apiserver) send it only Pods annotated
+  ``hush.dev/policy``: every other Pod CREATE is admitted without a network hop, so Hush
+  adds nothing to the creation of pods that did not ask for it.
 
 ``render_chart_template`` writes the Helm chart's copy (``make manifests``): the same
 builders, with Helm variables where the release's names go and a ``clientConfig`` that is
@@ -75,6 +78,15 @@ WORKLOAD_RULES: tuple[dict[str, Any], ...] = (
         "resources": ["pods"],
         "operations": ["CREATE", "UPDATE"],
         "scope": "Namespaced",
+    },
+)
+# Only annotated Pods reach the injector; the handler checks the annotation again (a
+# review sent by hand, or by an apiserver that ignored the condition, changes nothing).
+INJECTION_MATCH_CONDITIONS: tuple[dict[str, str], ...] = (
+    {
+        "name": "asks-for-a-policy",
+        "expression": "has(object.metadata.annotations) && "
+        f"'{validation.POLICY_ANNOTATION}' in object.metadata.annotations",
     },
 )
 POD_ACCESS_RULES: tuple[dict[str, Any], ...] = (
@@ -201,6 +213,7 @@ def build_mutating_configuration(settings: Settings) -> dict[str, Any]:
         failure_policy="Ignore",
         enforcement=None,
     )
+    entry["matchConditions"] = [dict(condition) for condition in INJECTION_MATCH_CONDITIONS]
     entry["reinvocationPolicy"] = "Never"
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
