@@ -14,6 +14,16 @@ fitted may no longer fit), which is exactly what keeps the total under the cap (
 Batch size is bounded so that one write stays small and fast; see docs/benchmarks.md for
 what batching buys.
 
+Gathering. Callers such as sidecars keep one request in flight each: the moment a write
+returns, the callers it answered send their next operation, a millisecond or two later.
+A writer that starts the next write at once takes only what queued *during* the last write
+and leaves the answered callers for the write after; the callers settle into cohorts that
+take turns, each batch holds a fraction of them and every charge waits several writes.
+So before a write the writer waits, at most ``GATHER_SECONDS``, until as many operations
+are queued as were active around the last write (the batch it answered plus what queued
+meanwhile). With one caller that is one operation and nothing waits; a caller that went
+away costs one window, after which the estimate follows the smaller batch.
+
 Only the active replica records spends (``leadership``): the registry's ``spending_refusal``
 says why not, when this replica may not, and is checked when an operation is submitted and
 again after each read, before the batch is applied. Queued spends fail with 503 the moment
@@ -49,6 +59,9 @@ logger = logging.getLogger(__name__)
 # baseline that `make bench` compares group commit against.
 MAX_BATCH = int(os.environ.get("HUSH_LEDGER_MAX_BATCH", "512"))
 MAX_CONFLICT_RETRIES = 20
+# The longest a write waits for the callers its last write answered (see "Gathering").
+# HUSH_LEDGER_GATHER_MS=0 starts every write at once.
+GATHER_SECONDS = float(os.environ.get("HUSH_LEDGER_GATHER_MS", "5")) / 1000
 
 Operation = Callable[[book.Book, datetime.datetime], book.Outcome]
 
@@ -136,6 +149,9 @@ class BudgetWriter:
         self._cached: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._limits_cache: tuple[privacybudget.PrivacyBudgetSpec, book.Limits] | None = None
+        # Operations active around the last write, and the wait for as many to queue again.
+        self._active = 1
+        self._gathered: asyncio.Future[None] | None = None
         self.writes = 0
         self.conflicts = 0
 
@@ -200,13 +216,38 @@ class BudgetWriter:
         future: asyncio.Future[book.Outcome | None] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(operation, future))
         self._wakeup.set()
+        gathered = self._gathered
+        if gathered is not None and not gathered.done() and len(self._queue) >= self._target():
+            gathered.set_result(None)
         return await future
+
+    def _target(self) -> int:
+        return min(self._active, MAX_BATCH)
+
+    async def _gather(self) -> None:
+        """Wait (at most ``GATHER_SECONDS``) until the active callers have queued again."""
+        if GATHER_SECONDS <= 0 or len(self._queue) >= self._target():
+            return
+        loop = asyncio.get_running_loop()
+        self._gathered = gathered = loop.create_future()
+
+        def give_up() -> None:
+            if not gathered.done():
+                gathered.set_result(None)
+
+        timer = loop.call_later(GATHER_SECONDS, give_up)
+        try:
+            await gathered
+        finally:
+            timer.cancel()
+            self._gathered = None
 
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                await self._gather()
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 try:
                     resolved = await self._commit(batch)
@@ -225,6 +266,7 @@ class BudgetWriter:
                 for pending, outcome in resolved:
                     if not pending.future.done():
                         pending.future.set_result(outcome)
+                self._active = max(1, len(batch) + len(self._queue))
 
     async def _commit(self, batch: list[_Pending]) -> list[tuple[_Pending, book.Outcome | None]]:
         for _ in range(MAX_CONFLICT_RETRIES):
