@@ -38,6 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
+import tools
 from kubernetes import client, config
 
 from hush.admission import policies
@@ -89,10 +90,7 @@ def _review_body() -> bytes:
 
 
 def _tools() -> Path:
-    result = subprocess.run(
-        [str(REPOSITORY / "hack" / "bench-tools.sh")], capture_output=True, text=True, check=True
-    )
-    return Path(result.stdout.strip().splitlines()[-1])
+    return tools.bin_dir()
 
 
 @contextlib.contextmanager

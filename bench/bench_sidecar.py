@@ -69,6 +69,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import tools as tools_cache
 from prometheus_client import parser as metrics_parser
 
 from hush.api import dppolicy
@@ -163,13 +164,7 @@ class Tools:
 
 def tools() -> Tools:
     """The benchmark tools, fetched or built (cached) by hack/bench-tools.sh."""
-    result = subprocess.run(
-        [str(REPOSITORY / "hack" / "bench-tools.sh")],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    bin_dir = Path(result.stdout.strip().splitlines()[-1])
+    bin_dir = tools_cache.bin_dir()
     return Tools(bin_dir / "nginx", bin_dir / "wrk", bin_dir / "hush-fixed-rate")
 
 

@@ -17,6 +17,13 @@
 // its percentiles and the CPU the generator used, which is how a run shows that the
 // generator kept up and was not the bottleneck.
 //
+// Closed loop (-clients N -requests M): N workers, each sending its next request the moment
+// the previous one is answered, until M requests were sent; the rate is what the server
+// sustains. bench/bench_accountant.py uses it for its 1/10/50-client rows: a Python client
+// there cost a third of a core of this 2-core machine, which the server under test then
+// lacked. In a POST body, every "{{id}}" becomes a number unique to the request (request
+// ids that retries must not reuse).
+//
 // Standard library only; hack/bench-tools.sh builds it into the benchmark tool cache.
 package main
 
@@ -31,7 +38,10 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -96,9 +106,68 @@ type sample struct {
 
 // requestSpec is what every request sends: GET by default; POST with a body for webhooks.
 type requestSpec struct {
-	method      string
-	body        []byte
-	contentType string
+	method        string
+	body          []byte
+	contentType   string
+	authorization string
+}
+
+// bodyFor is the body of request index: "{{id}}" replaced by the index.
+func (spec requestSpec) bodyFor(index int) []byte {
+	return bytes.ReplaceAll(spec.body, []byte("{{id}}"), []byte(strconv.Itoa(index)))
+}
+
+// send performs one request and records when it was sent and answered, and why it failed.
+func send(client *http.Client, spec requestSpec, target string, body []byte, slot *sample) {
+	slot.sent = time.Now()
+	request, err := http.NewRequest(spec.method, target, bytes.NewReader(body))
+	if err != nil {
+		slot.done = time.Now()
+		slot.err = err.Error()
+		return
+	}
+	if spec.contentType != "" {
+		request.Header.Set("Content-Type", spec.contentType)
+	}
+	if spec.authorization != "" {
+		request.Header.Set("Authorization", spec.authorization)
+	}
+	reply, err := client.Do(request)
+	if err == nil {
+		_, err = io.Copy(io.Discard, reply.Body)
+		reply.Body.Close()
+		if err == nil && reply.StatusCode != http.StatusOK {
+			err = fmt.Errorf("status %d", reply.StatusCode)
+		}
+	}
+	slot.done = time.Now()
+	if err != nil {
+		slot.err = err.Error()
+	}
+}
+
+// closedLoop sends count requests from clients workers, each waiting for its last answer.
+func closedLoop(client *http.Client, spec requestSpec, url string, clients, count, offset int) []sample {
+	samples := make([]sample, count)
+	var next atomic.Int64
+	var group sync.WaitGroup
+	for range clients {
+		group.Add(1)
+		go func() {
+			defer group.Done()
+			for {
+				index := int(next.Add(1)) - 1
+				if index >= count {
+					return
+				}
+				slot := &samples[index]
+				send(client, spec, url, spec.bodyFor(offset+index), slot)
+				slot.due = slot.sent
+			}
+		}()
+	}
+	group.Wait()
+	return samples
 }
 
 // run sends requests at rate for duration; queryPrefix, when set, makes every URL distinct.
@@ -121,28 +190,7 @@ func run(client *http.Client, spec requestSpec, url, queryPrefix string, rate fl
 		go func(slot *sample) {
 			defer group.Done()
 			slot.due = due
-			slot.sent = time.Now()
-			request, err := http.NewRequest(spec.method, target, bytes.NewReader(spec.body))
-			if err != nil {
-				slot.done = time.Now()
-				slot.err = err.Error()
-				return
-			}
-			if spec.contentType != "" {
-				request.Header.Set("Content-Type", spec.contentType)
-			}
-			reply, err := client.Do(request)
-			if err == nil {
-				_, err = io.Copy(io.Discard, reply.Body)
-				reply.Body.Close()
-				if err == nil && reply.StatusCode != http.StatusOK {
-					err = fmt.Errorf("status %d", reply.StatusCode)
-				}
-			}
-			slot.done = time.Now()
-			if err != nil {
-				slot.err = err.Error()
-			}
+			send(client, spec, target, spec.bodyFor(index), slot)
 		}(&samples[index])
 	}
 	group.Wait()
@@ -162,12 +210,26 @@ func main() {
 	bodyFile := flag.String("body-file", "", "file whose bytes are each request's body")
 	contentType := flag.String("content-type", "", "Content-Type of the body")
 	caFile := flag.String("ca-file", "", "PEM bundle to trust for https URLs")
+	clients := flag.Int("clients", 0, "closed loop: this many workers, one request in flight each")
+	requests := flag.Int("requests", 0, "closed loop: requests to send in all (after -warmup-requests)")
+	warmupRequests := flag.Int("warmup-requests", 0, "closed loop: unrecorded requests first")
+	bearerFile := flag.String("bearer-file", "", "file holding a token sent as Authorization: Bearer")
 	flag.Parse()
-	if *url == "" || *rate <= 0 {
-		fmt.Fprintln(os.Stderr, "usage: hush-fixed-rate -url URL [-rate N] [-duration D]")
+	closed := *clients > 0
+	if *url == "" || (!closed && *rate <= 0) || (closed && *requests <= 0) {
+		fmt.Fprintln(os.Stderr, "usage: hush-fixed-rate -url URL [-rate N] [-duration D] | "+
+			"[-clients N -requests M]")
 		os.Exit(2)
 	}
 	spec := requestSpec{method: *method, contentType: *contentType}
+	if *bearerFile != "" {
+		token, err := os.ReadFile(*bearerFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		spec.authorization = "Bearer " + strings.TrimSpace(string(token))
+	}
 	if *bodyFile != "" {
 		body, err := os.ReadFile(*bodyFile)
 		if err != nil {
@@ -196,16 +258,29 @@ func main() {
 		transport.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	}
 	client := &http.Client{Timeout: *timeout, Transport: transport}
-	if *warmup > 0 {
-		run(client, spec, *url, *queryPrefix+"warmup-", *rate, *warmup)
+	var samples []sample
+	var cpuBefore float64
+	var started time.Time
+	if closed {
+		if *warmupRequests > 0 {
+			closedLoop(client, spec, *url, *clients, *warmupRequests, 0)
+		}
+		cpuBefore, started = cpuSeconds(), time.Now()
+		samples = closedLoop(client, spec, *url, *clients, *requests, *warmupRequests)
+	} else {
+		if *warmup > 0 {
+			run(client, spec, *url, *queryPrefix+"warmup-", *rate, *warmup)
+		}
+		cpuBefore, started = cpuSeconds(), time.Now()
+		samples = run(client, spec, *url, *queryPrefix, *rate, *duration)
 	}
-	cpuBefore := cpuSeconds()
-	started := time.Now()
-	samples := run(client, spec, *url, *queryPrefix, *rate, *duration)
 	elapsed := time.Since(started).Seconds()
 	cpuUsed := cpuSeconds() - cpuBefore
 
-	out := result{URL: *url, TargetRate: *rate, DurationSeconds: elapsed, Sent: len(samples)}
+	out := result{URL: *url, DurationSeconds: elapsed, Sent: len(samples)}
+	if !closed {
+		out.TargetRate = *rate
+	}
 	var latency, fromDue, lag []float64
 	for _, item := range samples {
 		if item.err != "" {
@@ -220,7 +295,9 @@ func main() {
 		fromDue = append(fromDue, item.done.Sub(item.due).Seconds())
 		lag = append(lag, item.sent.Sub(item.due).Seconds())
 	}
-	if len(samples) > 0 {
+	if closed {
+		out.AchievedRate = float64(out.OK) / elapsed
+	} else if len(samples) > 0 {
 		span := samples[len(samples)-1].sent.Sub(samples[0].sent).Seconds()
 		if span > 0 {
 			out.AchievedRate = float64(len(samples)-1) / span
