@@ -25,7 +25,12 @@ from hush.webhook import server
 from hush.webhook import validation as webhook_validation
 
 POLICY: dict[str, Any] = {
-    "metadata": {"name": "bench"},
+    "metadata": {
+        "name": "bench",
+        "namespace": "bench",
+        "uid": "0b7c-bench",
+        "resourceVersion": "7",
+    },
     "spec": {
         "budgetRef": {"name": "bench", "team": "analytics"},
         "upstream": {"port": 8080},

@@ -61,7 +61,7 @@ class Settings:
         default_factory=lambda: {k: dict(v) for k, v in sidecar.DEFAULT_RESOURCES.items()}
     )
 
-    @property
+    @functools.cached_property
     def resources_json(self) -> str:
         return json.dumps(self.resources, sort_keys=True)
 
@@ -75,19 +75,25 @@ class Settings:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Mutation:
-    """``allowed`` with ``patch`` (possibly empty), or refused with ``message``."""
+    """``allowed`` with a JSON Patch (``patch_json``, possibly empty), or refused with
+    ``message``. The patch is kept encoded, as the AdmissionReview answer carries it."""
 
     allowed: bool
-    patch: tuple[dict[str, Any], ...] = ()
-    patch_json: str = ""  # ``patch`` encoded (with the container's cached JSON spliced in)
+    patch_json: str = ""
     message: str = ""
     warnings: tuple[str, ...] = ()
     policy_name: str = ""
     policy_hash: str = ""
 
     @property
+    def patch(self) -> tuple[dict[str, Any], ...]:
+        """The patch's operations, decoded (for tests and tooling; the webhook sends
+        ``patch_json`` as it is)."""
+        return tuple(json.loads(self.patch_json)) if self.patch_json else ()
+
+    @property
     def injected(self) -> bool:
-        return self.allowed and bool(self.patch)
+        return self.allowed and bool(self.patch_json)
 
 
 def policy_name_of(pod: Mapping[str, Any]) -> str | None:
@@ -143,6 +149,43 @@ def _find_upstream_port(
     return None
 
 
+# One encoder for every operation: ``json.dumps(..., separators=...)`` builds a new
+# JSONEncoder per call, which cost more than the encoding of these small operations.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+@functools.lru_cache(maxsize=16)
+def _volume_operation(ca_config_map: str, append: bool) -> str:
+    volume = sidecar.build_accountant_volume(ca_config_map=ca_config_map)
+    if append:
+        return _encode({"op": "add", "path": "/spec/volumes/-", "value": volume})
+    return _encode({"op": "add", "path": "/spec/volumes", "value": [volume]})
+
+
+# A DPPolicy's canonical spec JSON by (namespace, name, uid, resourceVersion): the apiserver
+# never gives one uid and resourceVersion two specs, so the webhook encodes each version of a
+# policy once instead of once per pod. Bounded: dropped whole when full.
+_SPEC_JSON_CACHE: dict[tuple[str, str, str, str], str] = {}
+_SPEC_JSON_CACHE_SIZE = 256
+
+
+def _spec_json(policy: Mapping[str, Any]) -> str:
+    metadata = policy.get("metadata") or {}
+    namespace, name, uid, version = (
+        str(metadata.get(field) or "") for field in ("namespace", "name", "uid", "resourceVersion")
+    )
+    key = (namespace, name, uid, version)
+    cached = _SPEC_JSON_CACHE.get(key) if uid and version else None
+    if cached is not None:
+        return cached
+    encoded = json.dumps(policy.get("spec") or {}, sort_keys=True, separators=(",", ":"))
+    if uid and version:
+        if len(_SPEC_JSON_CACHE) >= _SPEC_JSON_CACHE_SIZE:
+            _SPEC_JSON_CACHE.clear()
+        _SPEC_JSON_CACHE[key] = encoded
+    return encoded
+
+
 @functools.lru_cache(maxsize=256)
 def _parsed_policy(spec_json: str, image: str) -> tuple[dppolicy.DPPolicySpec, str]:
     """The parsed spec and its hash, cached by the spec's canonical JSON: the webhook sees
@@ -164,7 +207,7 @@ def _container_json(
     admin_port: int,
     port_name: str,
 ) -> str:
-    """The sidecar container as JSON (a fresh copy per pod via ``json.loads``), cached:
+    """The sidecar container as JSON (spliced into each pod's encoded patch), cached:
     building it validates the whole baked configuration, which is the same for every pod
     of a policy."""
     parsed, policy_hash = _parsed_policy(spec_json, image)
@@ -223,7 +266,7 @@ def mutate_pod(
     if problem is not None:
         return _refuse(f"DPPolicy {namespace}/{name} is not Ready ({problem})", name)
     try:
-        spec_json = json.dumps(policy.get("spec") or {}, sort_keys=True, separators=(",", ":"))
+        spec_json = _spec_json(policy)
         parsed, policy_hash = _parsed_policy(spec_json, settings.image)
     except pydantic.ValidationError as error:
         return _refuse(f"DPPolicy {namespace}/{name} does not parse: {error}", name)
@@ -237,7 +280,7 @@ def mutate_pod(
             name,
         )
     listen_port, admin_port = ports
-    patch: list[dict[str, Any]] = []
+    patch: list[str] = []  # encoded operations
     warnings: list[str] = []
     port_name = UNNAMED_SIDECAR_PORT_NAME
     if located is None:
@@ -252,9 +295,9 @@ def mutate_pod(
         port_path = f"/spec/containers/{container_index}/ports/{port_index}/name"
         if isinstance(old_name, str) and old_name:
             port_name = old_name
-            patch.append({"op": "replace", "path": port_path, "value": UPSTREAM_PORT_NAME})
+            patch.append(_encode({"op": "replace", "path": port_path, "value": UPSTREAM_PORT_NAME}))
         else:
-            patch.append({"op": "add", "path": port_path, "value": UPSTREAM_PORT_NAME})
+            patch.append(_encode({"op": "add", "path": port_path, "value": UPSTREAM_PORT_NAME}))
             warnings.append(
                 f"Port {parsed.upstream.port} has no name, so Services that target it by "
                 f"number bypass the sidecar: name it and target the name (the sidecar now "
@@ -265,43 +308,32 @@ def mutate_pod(
         name, spec_json, settings.image, settings.accountant_url, settings.resources_json,
         listen_port=listen_port, admin_port=admin_port, port_name=port_name,
     )  # fmt: skip
-    container = json.loads(container_json)
     # The container is most of the patch: its JSON (cached with it) is spliced into the
-    # encoded patch instead of being encoded again for every pod.
+    # encoded patch instead of being decoded and encoded again for every pod.
     if spec.get("initContainers"):
-        patch.append({"op": "add", "path": "/spec/initContainers/-", "value": container})
-        spliced = f'{{"op":"add","path":"/spec/initContainers/-","value":{container_json}}}'
+        patch.append(f'{{"op":"add","path":"/spec/initContainers/-","value":{container_json}}}')
     else:
-        patch.append({"op": "add", "path": "/spec/initContainers", "value": [container]})
-        spliced = f'{{"op":"add","path":"/spec/initContainers","value":[{container_json}]}}'
-    container_index = len(patch) - 1
-    volume = sidecar.build_accountant_volume(ca_config_map=settings.ca_config_map)
-    if spec.get("volumes"):
-        patch.append({"op": "add", "path": "/spec/volumes/-", "value": volume})
-    else:
-        patch.append({"op": "add", "path": "/spec/volumes", "value": [volume]})
+        patch.append(f'{{"op":"add","path":"/spec/initContainers","value":[{container_json}]}}')
+    patch.append(_volume_operation(settings.ca_config_map, bool(spec.get("volumes"))))
     # The policy as a label, so the operator can watch exactly the injected pods with a
     # server-side label selector (rollout progress and drift, hush.rollout).
+    label_path = f"/metadata/labels/{_escape(POLICY_LABEL)}"
     if (pod.get("metadata") or {}).get("labels"):
-        patch.append(
-            {"op": "add", "path": f"/metadata/labels/{_escape(POLICY_LABEL)}", "value": name}
-        )
+        patch.append(_encode({"op": "add", "path": label_path, "value": name}))
     else:
-        patch.append({"op": "add", "path": "/metadata/labels", "value": {POLICY_LABEL: name}})
+        patch.append(
+            _encode({"op": "add", "path": "/metadata/labels", "value": {POLICY_LABEL: name}})
+        )
     for key, value in (
         (INJECTED_ANNOTATION, INJECTOR_VERSION),
         (POLICY_HASH_ANNOTATION, policy_hash),
     ):
         # The pod has annotations: it is annotated with hush.dev/policy.
-        patch.append({"op": "add", "path": f"/metadata/annotations/{_escape(key)}", "value": value})
-    encoded = [
-        spliced if index == container_index else json.dumps(operation, separators=(",", ":"))
-        for index, operation in enumerate(patch)
-    ]
+        path = f"/metadata/annotations/{_escape(key)}"
+        patch.append(_encode({"op": "add", "path": path, "value": value}))
     return Mutation(
         allowed=True,
-        patch=tuple(patch),
-        patch_json="[" + ",".join(encoded) + "]",
+        patch_json="[" + ",".join(patch) + "]",
         warnings=tuple(warnings),
         policy_name=name,
         policy_hash=policy_hash,

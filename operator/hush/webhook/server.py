@@ -131,9 +131,10 @@ class WebhookServer:
                 reason="ServiceUnavailable",
             )
         try:
-            policy = await asyncio.wait_for(
-                self._cluster.read_policy(request.namespace, name), LOOKUP_TIMEOUT_SECONDS
-            )
+            # asyncio.timeout, not wait_for: no task per lookup (most are answered from
+            # the operator's cache without waiting).
+            async with asyncio.timeout(LOOKUP_TIMEOUT_SECONDS):
+                policy = await self._cluster.read_policy(request.namespace, name)
         except Exception as error:  # any failed lookup: refuse, do not start unguarded
             metrics.ADMISSION_ERRORS.labels("mutate-pods", "lookup").inc()
             logger.warning("Could not read DPPolicy %s/%s: %r", request.namespace, name, error)
@@ -157,18 +158,14 @@ class WebhookServer:
                 decided.policy_name,
                 decided.policy_hash,
             )
-        return review.allow(
-            request.uid, patch=decided.patch, patch_json=decided.patch_json,
-            warnings=decided.warnings,
-        )  # fmt: skip
+        return review.allow(request.uid, patch_json=decided.patch_json, warnings=decided.warnings)
 
     async def validate(self, request: review.Request) -> dict[str, Any]:
         if self._validate is None:
             return review.allow(request.uid)
         try:
-            labels = await asyncio.wait_for(
-                self._cluster.read_namespace_labels(request.namespace), LOOKUP_TIMEOUT_SECONDS
-            )
+            async with asyncio.timeout(LOOKUP_TIMEOUT_SECONDS):
+                labels = await self._cluster.read_namespace_labels(request.namespace)
         except Exception as error:
             metrics.ADMISSION_ERRORS.labels("validate-workloads", "lookup").inc()
             logger.warning("Could not read Namespace %s: %r", request.namespace, error)
