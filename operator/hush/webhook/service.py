@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import dataclasses
 import functools
 import logging
@@ -39,6 +40,33 @@ class Options:
     validate: server.Validate | None = None
 
 
+class PolicyCache:
+    """The DPPolicies the operator's watch has delivered, for the injector's lookups.
+
+    An annotated pod's policy is read from here, not with a GET per pod: the watch that the
+    operator keeps anyway (kopf) feeds it, as an informer's cache would. A policy the watch
+    has not delivered yet (the operator just started, or the policy was created a moment
+    ago) is read from the apiserver. The cache can be behind the apiserver by the watch's
+    delay, milliseconds: a pod admitted in that window gets the previous version of a
+    policy that just changed, exactly as a pod admitted just before the change, and the
+    rollout of the change replaces it (``hush.rollout``).
+    """
+
+    def __init__(self) -> None:
+        self._policies: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        metadata = body.get("metadata") or {}
+        key = (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
+        if event_type == "DELETED" or metadata.get("deletionTimestamp"):
+            self._policies.pop(key, None)
+        else:
+            self._policies[key] = copy.deepcopy(dict(body))
+
+    def get(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self._policies.get((namespace, name))
+
+
 class KubeCluster:
     """``server.Cluster`` over the real API, every call bounded by the lookup timeout.
 
@@ -47,7 +75,8 @@ class KubeCluster:
     on a busy operator (seen right after start on a loaded host).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, policies: PolicyCache | None = None) -> None:
+        self._policies = policies or PolicyCache()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=8, thread_name_prefix="hush-webhook-lookup"
         )
@@ -66,6 +95,9 @@ class KubeCluster:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def read_policy(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        cached = self._policies.get(namespace, name)
+        if cached is not None:
+            return cached
         return await self._call(
             client.read_custom_with_timeout,
             group=common.API_GROUP,
@@ -98,13 +130,14 @@ class Service:
         self.options = options
         self._runner: web.AppRunner | None = None
         self._cluster: KubeCluster | None = None
+        self.policies = PolicyCache()
 
     async def start(self) -> None:
         if self.options.port is None:
             return
         if self.options.ssl_context is None:
             raise ValueError("The webhook server needs TLS: give --webhook-tls-cert/-key")
-        cluster = self._cluster = KubeCluster()
+        cluster = self._cluster = KubeCluster(self.policies)
         await asyncio.get_running_loop().run_in_executor(None, cluster.warm_up)
         webhook_server = server.WebhookServer(
             cluster, injection=self.options.injection, validate=self.options.validate
