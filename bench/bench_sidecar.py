@@ -84,7 +84,11 @@ ROUTE = "/stats"
 UNPADDED_ROUTE = "/stats-unpadded"  # the same route with releaseDeadline 0s
 POLICY_NAME = "bench-stats"
 SIDECAR_IMAGE = "registry.invalid/hush:bench"  # part of the policy hash; never pulled here
-PROXY_CPU_PROCESSES = ("nginx_proxy", "sidecar")  # the processes pinned to PROXY_CPU
+PROXY_CPU_PROCESSES = (
+    "nginx_proxy",
+    "aiohttp_proxy",
+    "sidecar",
+)  # the processes pinned to PROXY_CPU
 LOAD_CPU_PROCESSES = ("nginx_upstream", "accountant_stub")  # and to LOAD_CPU, with the load
 # Others' share of a core above which a row is flagged. This machine's idle background (the
 # local clusters other work keeps running) is 5-10 % per core.
@@ -514,6 +518,7 @@ class Setup:
     workdir: Path
     direct: Target
     nginx: Target
+    aiohttp: Target  # the sidecar's HTTP stack alone: its ceiling
     sidecars: list[Target]  # the default deadline first, then padding off (if configurable)
     pids: dict[str, int]
     probe: SidecarProbe
@@ -570,6 +575,17 @@ def running_setup(workdir: Path) -> Iterator[Setup]:
             processes, bench_tools.nginx, workdir, "nginx-proxy", PROXY_CPU,
             PROXY_BODY.format(port=proxy_port, upstream_port=upstream_port, dir=workdir),
             proxy_port,
+        )  # fmt: skip
+
+        bare_port = free_port()
+        bare = start_until_answering(
+            processes,
+            "aiohttp-proxy",
+            pinned(
+                PROXY_CPU, sys.executable, REPOSITORY / "bench" / "aiohttp_proxy.py",
+                "--port", str(bare_port), "--upstream", f"http://127.0.0.1:{upstream_port}",
+            ),
+            f"http://127.0.0.1:{bare_port}{ROUTE}",
         )  # fmt: skip
 
         cert, key = workdir / "stub-tls.crt", workdir / "stub-tls.key"
@@ -643,10 +659,17 @@ def running_setup(workdir: Path) -> Iterator[Setup]:
             nginx=Target(
                 "nginx", "nginx proxy_pass", f"http://127.0.0.1:{proxy_port}{ROUTE}", "nginx_proxy"
             ),
+            aiohttp=Target(
+                "aiohttp",
+                "bare aiohttp proxy (no Hush code)",
+                f"http://127.0.0.1:{bare_port}{ROUTE}",
+                "aiohttp_proxy",
+            ),
             sidecars=sidecars,
             pids={
                 "nginx_upstream": upstream.pid,
                 "nginx_proxy": proxy.pid,
+                "aiohttp_proxy": bare.pid,
                 "accountant_stub": stub.pid,
                 "sidecar": sidecar.pid,
             },
@@ -665,6 +688,7 @@ def throughput_rows(setup: Setup, *, connections: int, seconds: float) -> list[d
     plan = [
         (setup.direct, setup.direct.url, fixed),
         (setup.nginx, setup.nginx.url, fixed),
+        (setup.aiohttp, setup.aiohttp.url, fixed),
         *((target, target.url, distinct) for target in setup.sidecars),
         (
             Target("sidecar_cache_hits", "sidecar, cache hits", main_sidecar.url, "sidecar"),
