@@ -130,7 +130,20 @@ def _fixed_rate(tools: Path, url: str, cert: Path, body: Path, rate: int, second
     return json.loads(result.stdout)
 
 
-def handler(duration: float) -> dict[str, Any]:
+def _cpu_times() -> list[int]:
+    """The machine's CPU time counters (/proc/stat, all CPUs, in ticks)."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        return [int(value) for value in stat.readline().split()[1:]]
+
+
+def _steal_fraction(before: list[int], after: list[int]) -> float:
+    """The share of CPU time the hypervisor gave to other guests between two readings."""
+    spent = [late - early for early, late in zip(before, after, strict=True)]
+    total = sum(spent[:8])  # user nice system idle iowait irq softirq steal
+    return spent[7] / total if total else 0.0
+
+
+def handler(duration: float, repeats: int = 5) -> dict[str, Any]:
     tools = _tools()
     workdir = Path(f"/tmp/hush-bench-admission-{secrets.token_hex(3)}")  # noqa: S108
     workdir.mkdir(parents=True)
@@ -138,24 +151,40 @@ def handler(duration: float) -> dict[str, Any]:
     body.write_bytes(_review_body())
     rows = []
     for rate in RATES:
-        measured = {}
-        for variant in ("noop", "hush"):
-            with _server(variant, workdir) as (url, cert):
-                measured[variant] = _fixed_rate(tools, url, cert, body, rate, duration)
-        noop, hush = measured["noop"], measured["hush"]
+        # Alternating runs, each on a fresh server: this VM shares its host, and a single
+        # run's p99 can be another tenant's burst (the steal column shows it); the median
+        # run of each variant is what is compared.
+        runs: dict[str, list[dict[str, float]]] = {"noop": [], "hush": []}
+        for _ in range(repeats):
+            for variant in ("noop", "hush"):
+                with _server(variant, workdir) as (url, cert):
+                    before = _cpu_times()
+                    measured = _fixed_rate(tools, url, cert, body, rate, duration)
+                    steal = _steal_fraction(before, _cpu_times())
+                if measured["failed"]:
+                    raise RuntimeError(f"{variant} failed: {measured['first_failure']}")
+                runs[variant].append(
+                    {
+                        "p50_ms": measured["latency_ms"]["p50"],
+                        "p99_ms": measured["latency_ms"]["p99"],
+                        "steal": steal,
+                        "achieved_rate": measured["achieved_rate"],
+                    }
+                )
+        noop_p99 = statistics.median(run["p99_ms"] for run in runs["noop"])
+        hush_p99 = statistics.median(run["p99_ms"] for run in runs["hush"])
         rows.append(
             {
                 "rate": rate,
-                "noop_p50_ms": noop["latency_ms"]["p50"],
-                "noop_p99_ms": noop["latency_ms"]["p99"],
-                "hush_p50_ms": hush["latency_ms"]["p50"],
-                "hush_p99_ms": hush["latency_ms"]["p99"],
-                "p99_ratio": round(hush["latency_ms"]["p99"] / noop["latency_ms"]["p99"], 2),
-                "hush_failed": hush["failed"],
-                "hush_achieved_rate": hush["achieved_rate"],
-                "generator_cpu_fraction": hush["generator_cpu_fraction"],
+                "noop_p50_ms": statistics.median(run["p50_ms"] for run in runs["noop"]),
+                "noop_p99_ms": noop_p99,
+                "hush_p50_ms": statistics.median(run["p50_ms"] for run in runs["hush"]),
+                "hush_p99_ms": hush_p99,
+                "p99_ratio": round(hush_p99 / noop_p99, 2),
+                "runs": runs,
             }
         )
+    print(f"median of {repeats} alternating runs of {duration:.0f} s each")
     print(f"{'rate':>6} {'no-op p50':>10} {'no-op p99':>10} {'hush p50':>9} {'hush p99':>9} "
           f"{'p99 ratio':>9}")  # fmt: skip
     for row in rows:
@@ -163,6 +192,10 @@ def handler(duration: float) -> dict[str, Any]:
             f"{row['rate']:>6} {row['noop_p50_ms']:>8.2f}ms {row['noop_p99_ms']:>8.2f}ms "
             f"{row['hush_p50_ms']:>7.2f}ms {row['hush_p99_ms']:>7.2f}ms {row['p99_ratio']:>9.2f}"
         )
+        for variant in ("noop", "hush"):
+            print(f"    {variant:>4} runs p99 ms: " + ", ".join(
+                f"{run['p99_ms']:.2f} (steal {run['steal']:.0%})" for run in row["runs"][variant]
+            ))  # fmt: skip
         verdict = "met" if row["p99_ratio"] <= 1.5 and row["hush_p99_ms"] <= 5 else "MISSED"
         print(f"  target p99 <= 1.5x no-op and <= 5 ms at {row['rate']}/s: {verdict}")
     result = {"bench": "admission-handler", "rows": rows}
@@ -367,6 +400,7 @@ def main() -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     handler_parser = commands.add_parser("handler")
     handler_parser.add_argument("--duration", type=float, default=10.0)
+    handler_parser.add_argument("--repeats", type=int, default=5)
     apiserver_parser = commands.add_parser("apiserver")
     apiserver_parser.add_argument("--kubeconfig", type=Path, required=True)
     apiserver_parser.add_argument("--duration", type=float, default=15.0)
@@ -374,7 +408,7 @@ def main() -> int:
     apiserver_parser.add_argument("--rate", type=float, default=100.0)
     arguments = parser.parse_args()
     if arguments.command == "handler":
-        handler(arguments.duration)
+        handler(arguments.duration, arguments.repeats)
     else:
         apiserver(arguments.kubeconfig, arguments.duration, arguments.clients, arguments.rate)
     return 0
