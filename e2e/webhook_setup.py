@@ -103,9 +103,11 @@ def operator_with_webhooks(
             f"--metrics-port={metrics_port}",
             *extra,
         ) as process,
-        registered_webhooks(api_client, url=webhook_url, ca_pem=cert.read_bytes()),
+        registered_webhooks(api_client, url=webhook_url, ca_pem=cert.read_bytes()) as registered,
     ):
         yield {
+            "mutating": registered["mutating"]["metadata"]["name"],
+            "validating": registered["validating"]["metadata"]["name"],
             "process": process,
             "accountant_url": accountant_url,
             "webhook_url": webhook_url,

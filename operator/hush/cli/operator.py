@@ -191,7 +191,7 @@ def run(arguments: argparse.Namespace) -> int:
     import kopf
 
     # Importing the handlers registers them with kopf's default registry.
-    from hush import handlers  # noqa: F401
+    from hush import handlers
     from hush.accountant import leadership, service
 
     election = leader_election_settings(arguments, os.environ, leadership.default_identity())
@@ -236,6 +236,7 @@ def run(arguments: argparse.Namespace) -> int:
     structured_logging.configure(
         level=logging.DEBUG if arguments.verbose else logging.INFO,
         log_format=arguments.log_format,
+        quiet_handlers=() if arguments.verbose else handlers.WATCH_EVENT_HANDLERS,
     )
     kopf.run(
         clusterwide=not namespaces,

@@ -18,7 +18,21 @@ from hush.handlers import (
     webhook,
 )
 
+# The watch-event handlers (``kopf.on.event``): they run for every event of every watched
+# object, so ``hush operator`` keeps kopf's per-event success lines for them out of the log.
+WATCH_EVENT_HANDLERS = (
+    "privacybudget_changed",
+    "dppolicy_forget_cached",
+    "rollout_policy",
+    "rollout_deployment",
+    "rollout_statefulset",
+    "rollout_daemonset",
+    "rollout_pod",
+    "webhook_policy_cache",
+)
+
 __all__ = [
+    "WATCH_EVENT_HANDLERS",
     "accountant",
     "accountant_ca",
     "audit",

@@ -8,6 +8,7 @@ head hash), never a query answer or a covered field's value.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Literal
 
 import structlog
@@ -32,7 +33,33 @@ def _drop_kopf_noise(
     return event
 
 
-def configure(*, level: int = logging.INFO, log_format: LogFormat = "json") -> None:
+class QuietWatchHandlers(logging.Filter):
+    """Drops kopf's "Handler '<id>' succeeded." for the given watch-event handlers.
+
+    Watch-event handlers run for every event of every watched object (each injected pod,
+    each status write of a budget); a success line for each is noise at any log level worth
+    running at, and writing it cost a tenth of the operator's CPU when pods were created
+    at 100/s. Their failures, and every other handler's lines, still pass.
+    """
+
+    def __init__(self, handler_ids: Collection[str]) -> None:
+        super().__init__()
+        self._quiet = frozenset(f"Handler {handler_id!r} succeeded." for handler_id in handler_ids)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno == logging.INFO
+            and record.name == "kopf.objects"
+            and record.msg in self._quiet
+        )
+
+
+def configure(
+    *,
+    level: int = logging.INFO,
+    log_format: LogFormat = "json",
+    quiet_handlers: Collection[str] = (),
+) -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -53,6 +80,8 @@ def configure(*, level: int = logging.INFO, log_format: LogFormat = "json") -> N
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler()
+    if quiet_handlers:
+        handler.addFilter(QuietWatchHandlers(quiet_handlers))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

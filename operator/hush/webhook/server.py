@@ -152,7 +152,9 @@ class WebhookServer:
             logger.info("Refused to inject into %s: %s", request.describe(), decided.message)
             return review.deny(request.uid, f"{request.describe()}: {decided.message}")
         if decided.injected:
-            logger.info(
+            # Debug: the pod itself records it (hush.dev/injected, hush.dev/policy-hash), and
+            # a line per pod creation is noise on a busy cluster.
+            logger.debug(
                 "Injected sidecar into %s (policy %s, hash %s)",
                 request.describe(),
                 decided.policy_name,
