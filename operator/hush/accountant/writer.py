@@ -41,6 +41,7 @@ import dataclasses
 import datetime
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -289,6 +290,7 @@ class BudgetWriter:
             ):
                 self._cached = current
                 return resolved  # a refresh that changes nothing is not written
+            started = time.perf_counter()
             try:
                 written = await self._store.write_status(body)
             except client.ConflictError:
@@ -306,6 +308,7 @@ class BudgetWriter:
                 extra={
                     "budget": f"{self._namespace}/{self._name}",
                     "operations": len(batch),
+                    "write_ms": round((time.perf_counter() - started) * 1000, 1),
                     "sequence": ledger.get("sequence"),
                     "head_hash": ledger.get("headHash"),
                 },
