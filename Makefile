@@ -72,13 +72,15 @@ e2e-kind: venv ## Build the image, load it into kind, helm install it, run the e
 test: lint unit e2e ## Everything: lint, unit tests, e2e tests on the local control plane
 
 .PHONY: bench
-bench: venv controlplane ## Benchmarks: samplers, accountants, the sidecar vs nginx, the accountant on a cluster
+bench: venv controlplane ## Benchmarks: samplers, accountants, sidecar vs nginx, admission, the accountant on a cluster
 	$(BIN)/python bench/bench_samplers.py
 	$(BIN)/python bench/bench_accounting.py
 	$(BIN)/python bench/bench_sampler_timing.py
 	$(BIN)/python bench/bench_sidecar.py
+	$(BIN)/python bench/bench_admission.py handler
 	@status=0; \
 	kubeconfig="$$($(HUSH) dev up --name hush-bench --no-hush | tail -n 1)"; \
+	$(BIN)/python bench/bench_admission.py apiserver --kubeconfig "$$kubeconfig" || status=$$?; \
 	$(BIN)/python bench/bench_accountant.py --kubeconfig "$$kubeconfig" || status=$$?; \
 	$(HUSH) dev down --name hush-bench || true; \
 	exit $$status
