@@ -17,7 +17,7 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=readonly -trimpath -buildvc
 export GOCACHE="$cache_root/go/build" GOMODCACHE="$cache_root/go/mod"
 
 key="$( { go version; cat "$here/chartcheck.sh"; for f in "$source_dir"/go.mod \
-  "$source_dir"/go.sum "$source_dir"/*.go; do echo "$f"; cat "$f"; done; } \
+  "$source_dir"/go.sum "$source_dir"/*.go; do echo "${f#"$source_dir"/}"; cat "$f"; done; } \
   | sha256sum | cut -c1-16)"
 out_dir="$cache_root/chartcheck/$key"
 binary="$out_dir/hush-chartcheck"

@@ -18,7 +18,7 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=mod -trimpath -buildvcs=fal
 export GOCACHE="$cache_root/go/build" GOMODCACHE="$cache_root/go/mod"
 
 key="$( { go version; cat "$here/build.sh"; for f in "$here"/*/go.mod "$here"/*/go.sum; do
-  echo "$f"; cat "$f"; done; } | sha256sum | cut -c1-16)"
+  echo "${f#"$here"/}"; cat "$f"; done; } | sha256sum | cut -c1-16)"
 bin_dir="$cache_root/controlplane/$key/bin"
 if [[ -f "$bin_dir/.complete" ]]; then
   echo "Control plane binaries are up to date"
