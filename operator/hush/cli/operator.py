@@ -238,6 +238,14 @@ def run(arguments: argparse.Namespace) -> int:
         log_format=arguments.log_format,
         quiet_handlers=() if arguments.verbose else handlers.WATCH_EVENT_HANDLERS,
     )
+    # Load the cluster credentials once, here, before kopf's login and the startup handlers
+    # load them from worker threads: the kubernetes package's kubeconfig loader records a
+    # CA temp file before it writes the file, so two first loads racing in threads can hand
+    # one of them an empty CA ("no certificate or crl found", seen once in e2e). After this
+    # load every later one finds the finished file.
+    from hush.kube import client as kube_client
+
+    kube_client.api_client()
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
