@@ -90,6 +90,15 @@ def _cel_string(text: str) -> str:
     return f"'{escaped}'"
 
 
+# A pod that asks for a DP policy (for injection). The injector's webhook entry uses it as
+# its match condition (``hush.admission.webhooks``), and the ``injected-pods`` policy below
+# as the first part of its own.
+ASKS_FOR_A_POLICY: Final = (
+    "has(object.metadata.annotations) && "
+    f"{_cel_string(validation.POLICY_ANNOTATION)} in object.metadata.annotations"
+)
+
+
 def _cel_list(values: Sequence[str]) -> str:
     return "[" + ", ".join(_cel_string(value) for value in values) + "]"
 
@@ -539,9 +548,7 @@ def build_injected_pods_policy(settings: PolicySettings) -> Manifest:
             "matchConditions": [
                 {
                     "name": "asks-for-a-policy",
-                    "expression": "has(object.metadata.annotations) && "
-                    f"{_cel_string(policy)} in object.metadata.annotations && "
-                    f"!(request.namespace in {excluded})",
+                    "expression": f"{ASKS_FOR_A_POLICY} && !(request.namespace in {excluded})",
                 }
             ],
             "validations": [

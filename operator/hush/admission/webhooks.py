@@ -40,7 +40,7 @@ from typing import Any, Final, Literal
 
 import yaml
 
-from hush.admission import validation
+from hush.admission import policies, validation
 
 MUTATING_CONFIGURATION = "hush-injector"
 VALIDATING_CONFIGURATION = "hush-validator"
@@ -83,11 +83,7 @@ WORKLOAD_RULES: tuple[dict[str, Any], ...] = (
 # Only annotated Pods reach the injector; the handler checks the annotation again (a
 # review sent by hand, or by an apiserver that ignored the condition, changes nothing).
 INJECTION_MATCH_CONDITIONS: tuple[dict[str, str], ...] = (
-    {
-        "name": "asks-for-a-policy",
-        "expression": "has(object.metadata.annotations) && "
-        f"'{validation.POLICY_ANNOTATION}' in object.metadata.annotations",
-    },
+    {"name": "asks-for-a-policy", "expression": policies.ASKS_FOR_A_POLICY},
 )
 POD_ACCESS_RULES: tuple[dict[str, Any], ...] = (
     {
