@@ -282,25 +282,14 @@ def _hush_admission(
     api: client.ApiClient, running: dict[str, Any], manifests: list[dict[str, Any]]
 ) -> Iterator[None]:
     """Hush's webhook configurations and ValidatingAdmissionPolicies, registered."""
-    admission = client.AdmissionregistrationV1Api(api)
-    with webhook_setup.registered_webhooks(
-        api, url=running["webhook_url"], ca_pem=running["cert"].read_bytes()
+    with (
+        webhook_setup.registered_webhooks(
+            api, url=running["webhook_url"], ca_pem=running["cert"].read_bytes()
+        ),
+        webhook_setup.installed_policies(api, manifests),
     ):
-        for manifest in manifests:
-            if manifest["kind"] == "ValidatingAdmissionPolicy":
-                admission.create_validating_admission_policy(manifest)
-            else:
-                admission.create_validating_admission_policy_binding(manifest)
         time.sleep(2)  # let the apiserver's informers see them
-        try:
-            yield
-        finally:
-            for manifest in reversed(manifests):
-                name = manifest["metadata"]["name"]
-                if manifest["kind"] == "ValidatingAdmissionPolicy":
-                    admission.delete_validating_admission_policy(name)
-                else:
-                    admission.delete_validating_admission_policy_binding(name)
+        yield
     time.sleep(2)  # and see them gone
 
 

@@ -62,31 +62,14 @@ def hush_installed(
         operator_service_account="hush-operator",
         enforcement_label_groups=(ADMINS,),
     )
-    manifests = policies.all_manifests(settings)
-    admission = client.AdmissionregistrationV1Api(api_client)
     directory = tmp_path_factory.mktemp("enforcement")
-    try:
-        for manifest in manifests:
-            if manifest["kind"] == "ValidatingAdmissionPolicy":
-                admission.create_validating_admission_policy(manifest)
-            else:
-                admission.create_validating_admission_policy_binding(manifest)
-        with webhook_setup.operator_with_webhooks(
+    with (
+        webhook_setup.installed_policies(api_client, policies.all_manifests(settings)),
+        webhook_setup.operator_with_webhooks(
             api_client, kubeconfig, directory, "--break-glass-group=hush:break-glass"
-        ) as running:
-            yield {**running, "directory": directory}
-    finally:
-        for manifest in reversed(manifests):
-            delete = (
-                admission.delete_validating_admission_policy
-                if manifest["kind"] == "ValidatingAdmissionPolicy"
-                else admission.delete_validating_admission_policy_binding
-            )
-            try:
-                delete(manifest["metadata"]["name"])
-            except ApiException as error:
-                if error.status != 404:
-                    raise
+        ) as running,
+    ):
+        yield {**running, "directory": directory}
 
 
 def _deployment(name: str, *, labels: dict[str, str], image: str = PINNED,
@@ -293,42 +276,29 @@ def test_kube_system_is_untouched_with_the_operator_stopped(
         hush_namespace=webhook_setup.HUSH_NAMESPACE,
         operator_service_account="hush-operator",
     )
-    admission = client.AdmissionregistrationV1Api(api_client)
-    manifests = policies.all_manifests(settings)
     dead_url = f"https://127.0.0.1:{operator_process.free_port()}"  # nobody listens
     cert, _ = operator_process.write_serving_certificate(tmp_path)
-    try:
-        for manifest in manifests:
-            if manifest["kind"] == "ValidatingAdmissionPolicy":
-                admission.create_validating_admission_policy(manifest)
-            else:
-                admission.create_validating_admission_policy_binding(manifest)
-        with webhook_setup.registered_webhooks(api_client, url=dead_url, ca_pem=cert.read_bytes()):
-            name = f"hush-e2e-untouched-{token}"
-            pod = {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": name, "annotations": {"hush.dev/policy": "anything"}},
-                "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
-            }
-            core = client.CoreV1Api(api_client)
-            created = core.create_namespaced_pod("kube-system", pod)
-            try:
-                assert not created.spec.init_containers
-            finally:
-                core.delete_namespaced_pod(name, "kube-system", grace_period_seconds=0)
-            plain = {**pod, "metadata": {"name": "plain"}}
-            assert core.create_namespaced_pod(namespace, plain).metadata.name == "plain"
-            with pytest.raises(ApiException) as refused:
-                core.create_namespaced_pod(namespace, pod)
-            message = json.loads(refused.value.body)["message"]
-            assert "has no hush-sidecar" in message
-            assert "refused rather than started without noise" in message
-    finally:
-        for manifest in reversed(manifests):
-            delete = (
-                admission.delete_validating_admission_policy
-                if manifest["kind"] == "ValidatingAdmissionPolicy"
-                else admission.delete_validating_admission_policy_binding
-            )
-            delete(manifest["metadata"]["name"])
+    with (
+        webhook_setup.installed_policies(api_client, policies.all_manifests(settings)),
+        webhook_setup.registered_webhooks(api_client, url=dead_url, ca_pem=cert.read_bytes()),
+    ):
+        name = f"hush-e2e-untouched-{token}"
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "annotations": {"hush.dev/policy": "anything"}},
+            "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+        }
+        core = client.CoreV1Api(api_client)
+        created = core.create_namespaced_pod("kube-system", pod)
+        try:
+            assert not created.spec.init_containers
+        finally:
+            core.delete_namespaced_pod(name, "kube-system", grace_period_seconds=0)
+        plain = {**pod, "metadata": {"name": "plain"}}
+        assert core.create_namespaced_pod(namespace, plain).metadata.name == "plain"
+        with pytest.raises(ApiException) as refused:
+            core.create_namespaced_pod(namespace, pod)
+        message = json.loads(refused.value.body)["message"]
+        assert "has no hush-sidecar" in message
+        assert "refused rather than started without noise" in message

@@ -39,6 +39,34 @@ def _replace_or_create(create: Any, replace: Any, read: Any, body: dict[str, Any
 
 
 @contextlib.contextmanager
+def installed_policies(
+    api_client: client.ApiClient, manifests: list[dict[str, Any]]
+) -> Iterator[None]:
+    """Create ValidatingAdmissionPolicies and their bindings (in the order given); delete
+    them afterwards in reverse order (bindings before their policies), skipping any gone."""
+    api = client.AdmissionregistrationV1Api(api_client)
+    try:
+        for manifest in manifests:
+            if manifest["kind"] == "ValidatingAdmissionPolicy":
+                api.create_validating_admission_policy(manifest)
+            else:
+                api.create_validating_admission_policy_binding(manifest)
+        yield
+    finally:
+        for manifest in reversed(manifests):
+            delete = (
+                api.delete_validating_admission_policy
+                if manifest["kind"] == "ValidatingAdmissionPolicy"
+                else api.delete_validating_admission_policy_binding
+            )
+            try:
+                delete(manifest["metadata"]["name"])
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+
+
+@contextlib.contextmanager
 def registered_webhooks(
     api_client: client.ApiClient, *, url: str, ca_pem: bytes
 ) -> Iterator[dict[str, Any]]:
