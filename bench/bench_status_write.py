@@ -108,7 +108,7 @@ def main() -> int:
         )  # fmt: skip
         full = realistic_status()
         without_recent = copy.deepcopy(full)
-        without_recent["ledger"]["recent"] = []
+        without_recent["ledger"]["recentRequests"] = []
         bare = copy.deepcopy(without_recent)
         bare["ledger"]["entries"] = []
         for label, status in (

@@ -269,7 +269,7 @@ def _assert_every_charge_counted_once(
     assert [entry.action for entry in ledger.entries] == ["charge"] * len(ledger.entries)
     for entry in ledger.entries:
         assert tally.answers[entry.request_id][1] == entry.sequence
-    for recent in ledger.recent:
+    for recent in ledger.request_window():
         assert tally.answers[recent.request_id][1] == recent.sequence
     # "duplicate" only ever answers a resend whose first attempt was recorded but unanswered.
     duplicates = {

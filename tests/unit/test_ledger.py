@@ -8,6 +8,7 @@ import decimal
 import json
 from typing import Any
 
+import pydantic
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -137,6 +138,62 @@ def test_snapshot_round_trips_through_json() -> None:
     again = book.Book(restored, _limits())
     assert again.charge(_request("a"), NOW).code == "duplicate"
     assert again.charge(_request("b"), NOW).code == "granted"
+
+
+def test_the_request_window_is_written_as_strings_and_read_in_either_form() -> None:
+    working = book.Book(wire.Ledger(), _limits(team_epsilon=0.5))
+    working.reserve(_request("a"), NOW)
+    working.charge(_request("b"), NOW)
+    working.release("a", "analytics", NOW)
+    written = working.snapshot().model_dump(mode="json", by_alias=True)
+    assert written["recent"] == []
+    assert written["recentRequests"] == ["b committed 2", "a released 3"]
+
+    # A ledger written before recentRequests existed keeps its window as objects.
+    legacy = dict(written, recentRequests=[])
+    legacy["recent"] = [
+        {"requestId": "b", "state": "committed", "sequence": 2},
+        {"requestId": "a", "state": "released", "sequence": 3},
+    ]
+    for form in (written, legacy):
+        again = book.Book(wire.Ledger.model_validate(form), _limits(team_epsilon=0.5))
+        assert again.charge(_request("b"), NOW).code == "duplicate"  # not charged twice
+        reserved_again = again.reserve(_request("a"), NOW)
+        assert (reserved_again.code, reserved_again.ok) == ("duplicate", False)  # released
+        moved = again.snapshot().model_dump(mode="json", by_alias=True)
+        assert moved["recent"] == []  # the first write moves the window to the new form
+        assert moved["recentRequests"] == ["b committed 2", "a released 3"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a committed",
+        "a spent 1",
+        "a committed 0",
+        "a b committed 1",
+        "a committed 1 ",
+        "ä committed 1",
+    ],
+)
+def test_a_malformed_request_window_item_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="recent"):
+        wire.split_recent(text)
+    with pytest.raises(pydantic.ValidationError):
+        wire.Ledger.model_validate({"recentRequests": [text]})
+
+
+@given(
+    request_id=st.from_regex(r"[A-Za-z0-9._:-]{1,64}", fullmatch=True),
+    state=st.sampled_from(["reserved", "committed", "released"]),
+    sequence=st.integers(min_value=1, max_value=2**63 - 1),
+)
+def test_request_window_items_round_trip(request_id: str, state: Any, sequence: int) -> None:
+    text = wire.encode_recent(request_id, state, sequence)
+    assert wire.split_recent(text) == (request_id, state, sequence)
+    assert wire.Ledger.model_validate({"recentRequests": [text]}).request_window() == [
+        wire.RecentRequest(request_id=request_id, state=state, sequence=sequence)
+    ]
 
 
 def test_compaction_keeps_status_bounded_and_verifiable() -> None:

@@ -14,7 +14,8 @@ This module owns the shape only; ``hush.ledger`` owns the transitions and the ch
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
 import pydantic
 
@@ -82,12 +83,40 @@ class Reservation(common.ResourceModel):
     sequence: int = pydantic.Field(ge=1)
 
 
+# Ledgers now keep their request window as strings (``Ledger.recent_requests``); this
+# object form is how earlier ledgers stored it in ``Ledger.recent``, still read.
 class RecentRequest(common.ResourceModel):
     """A request id seen recently, so that a retry is answered, never charged twice."""
 
     request_id: str = pydantic.Field(max_length=64, pattern=_ID_PATTERN)
     state: RequestState
     sequence: int = pydantic.Field(ge=1)
+
+
+# "<requestId> <state> <sequence>": a string per id instead of an object with three fields
+# makes every status write cheaper for the apiserver, the operator and its watchers (the
+# window is 64 ids; docs/design/0016-compact-request-window.md has the numbers).
+_RECENT_PATTERN = r"^[A-Za-z0-9._:-]{1,64} (reserved|committed|released) [1-9][0-9]{0,18}$"
+_RECENT = re.compile(_RECENT_PATTERN)
+RecentText = Annotated[str, pydantic.Field(max_length=104, pattern=_RECENT_PATTERN)]
+
+
+def encode_recent(request_id: str, state: RequestState, sequence: int) -> str:
+    """The ``recentRequests`` item for one id."""
+    return f"{request_id} {state} {sequence}"
+
+
+def split_recent(text: str) -> tuple[str, RequestState, int]:
+    """The id, state and sequence that ``encode_recent`` wrote; ValueError if malformed."""
+    if _RECENT.fullmatch(text) is None:
+        raise ValueError(f"not a recent request '<id> <state> <sequence>': {text!r}")
+    request_id, state, sequence = text.split(" ")
+    return request_id, state, int(sequence)  # type: ignore[return-value]  # the pattern
+
+
+def decode_recent(text: str) -> RecentRequest:
+    request_id, state, sequence = split_recent(text)
+    return RecentRequest(request_id=request_id, state=state, sequence=sequence)
 
 
 class ConsumerTotal(common.ResourceModel):
@@ -139,7 +168,21 @@ class Ledger(common.ResourceModel):
         default_factory=list, max_length=MAX_RESERVATIONS
     )
     recent: list[RecentRequest] = pydantic.Field(
-        default_factory=list, max_length=MAX_RECENT_REQUESTS
+        default_factory=list,
+        max_length=MAX_RECENT_REQUESTS,
+        description="Deprecated: the request window as objects, as ledgers written before "
+        "recentRequests kept it. Read, then written empty.",
+    )
+    recent_requests: list[RecentText] = pydantic.Field(
+        default_factory=list,
+        max_length=MAX_RECENT_REQUESTS,
+        description="The newest request ids, oldest first, each as '<requestId> <state> "
+        "<sequence>': a retry of one of them is answered, never charged twice.",
     )
     entries: list[Entry] = pydantic.Field(default_factory=list, max_length=MAX_ENTRIES)
     checkpoint: Checkpoint | None = None
+
+    def request_window(self) -> list[RecentRequest]:
+        """The idempotency window, oldest first, from either form (``recent`` first: a
+        ledger holds the old form only until its first write by this version)."""
+        return [*self.recent, *(decode_recent(text) for text in self.recent_requests)]

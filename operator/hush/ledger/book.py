@@ -23,7 +23,7 @@ import dataclasses
 import datetime
 import decimal
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from hush.api import ledger as wire
 from hush.ledger import chain
@@ -82,6 +82,13 @@ class Outcome:
     team_epsilon_remaining: decimal.Decimal | None = None
 
 
+class _Seen(NamedTuple):
+    """What the request window keeps of one request id."""
+
+    state: wire.RequestState
+    sequence: int
+
+
 def _format_time(now: datetime.datetime) -> str:
     return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -99,9 +106,12 @@ class Book:
             team.team: self._accountant.from_json(list(team.spent)) for team in ledger.teams
         }
         self._reservations = {item.request_id: item for item in ledger.reservations}
-        self._recent: collections.OrderedDict[str, wire.RecentRequest] = collections.OrderedDict(
-            (item.request_id, item) for item in ledger.recent
+        self._recent: collections.OrderedDict[str, _Seen] = collections.OrderedDict(
+            (item.request_id, _Seen(item.state, item.sequence)) for item in ledger.recent
         )
+        for text in ledger.recent_requests:
+            request_id, state, sequence = wire.split_recent(text)
+            self._recent[request_id] = _Seen(state, sequence)
         self._entries = list(ledger.entries)
         self._checkpoint = ledger.checkpoint
         self._window = ledger.window
@@ -199,7 +209,11 @@ class Book:
                 for team, cost in sorted(self._team_spent.items())
             ],
             reservations=sorted(self._reservations.values(), key=lambda item: item.sequence),
-            recent=list(self._recent.values()),
+            recent=[],
+            recent_requests=[
+                wire.encode_recent(request_id, seen.state, seen.sequence)
+                for request_id, seen in self._recent.items()
+            ],
             entries=list(self._entries),
             checkpoint=self._checkpoint,
         )
@@ -402,9 +416,7 @@ class Book:
         return entry
 
     def _remember(self, request_id: str, state: wire.RequestState, entry: wire.Entry) -> None:
-        self._recent[request_id] = wire.RecentRequest(
-            request_id=request_id, state=state, sequence=entry.sequence
-        )
+        self._recent[request_id] = _Seen(state, entry.sequence)
         self._recent.move_to_end(request_id)
         while len(self._recent) > wire.MAX_RECENT_REQUESTS:
             self._recent.popitem(last=False)
