@@ -218,7 +218,7 @@ def test_compaction_keeps_status_bounded_and_verifiable() -> None:
     [
         (lambda d: d["entries"][3].update(epsilon="0.0001"), "entry"),
         (lambda d: d["entries"].pop(2), "dropped or reordered"),
-        (lambda d: d["entries"].insert(1, d["entries"].pop(4)), "out of order"),
+        (lambda d: d["entries"].insert(1, d["entries"].pop(3)), "out of order"),
         (lambda d: d["checkpoint"]["spent"].__setitem__(0, 1), "checkpoint"),
         (lambda d: d["spent"].__setitem__(0, d["spent"][0] - 1), "spent disagrees"),
         (lambda d: d["teams"][0]["spent"].__setitem__(0, 0), "team analytics"),

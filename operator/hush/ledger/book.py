@@ -30,8 +30,10 @@ from hush.ledger import chain
 from hush.privacy import accounting, amounts
 
 # Compaction keeps this many newest entries and folds the rest into the checkpoint once
-# the ledger holds more than ``wire.MAX_ENTRIES - COMPACTION_SLACK`` entries.
-KEEP_ENTRIES = 8
+# the ledger holds more than ``wire.MAX_ENTRIES - COMPACTION_SLACK`` entries. Every entry
+# in status costs on every status write (about 20 JSON nodes each); keeping 4 rather than 8
+# gave +3.5 % charges/s at 50 clients (docs/design/0016-compact-request-window.md).
+KEEP_ENTRIES = 4
 COMPACTION_SLACK = 8
 
 OutcomeCode = Literal[
