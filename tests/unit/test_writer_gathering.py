@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
+import statistics
 from typing import Any
 
 import pytest
@@ -58,9 +59,17 @@ def _granted(_: book.Book, __: datetime.datetime) -> book.Outcome:
     return book.Outcome(code="granted", ok=True, message="")
 
 
-async def _callers(gather_seconds: float, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """20 callers with one operation in flight each, 15 operations apiece: the batch sizes."""
+async def _callers(
+    gather_seconds: float,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    think_seconds: float = 0.0,
+    gather_max_seconds: float = 1.0,
+) -> list[int]:
+    """20 callers with one operation in flight each, 15 operations apiece: the batch sizes.
+    Caller ``i`` takes ``i * think_seconds`` before each resubmission."""
     monkeypatch.setattr(writer, "GATHER_SECONDS", gather_seconds)
+    monkeypatch.setattr(writer, "GATHER_MAX_SECONDS", gather_max_seconds)
     store = SlowStore()
     budget_writer = writer.BudgetWriter(
         store, "team", "survey", clock=lambda: datetime.datetime(2026, 11, 22, tzinfo=datetime.UTC)
@@ -79,6 +88,7 @@ async def _callers(gather_seconds: float, monkeypatch: pytest.MonkeyPatch) -> li
         for _ in range(15):
             outcome = await budget_writer.submit(_granted)
             assert outcome.ok
+            await asyncio.sleep(index * think_seconds)
 
     await asyncio.gather(*(caller(index) for index in range(20)))
     await budget_writer.stop()
@@ -100,6 +110,22 @@ def test_gathering_lets_every_active_caller_into_one_write(monkeypatch: pytest.M
     # The first caller finishes one write early, so the last write is one short: that
     # write waited out the window, and a smaller estimate follows.
     assert sizes == [1, *[20] * 14, 19]
+
+
+def test_gathering_waits_while_callers_keep_arriving(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The callers come back 3 ms apart, 57 ms from first to last: more than twice the 25 ms
+    # gap (a fixed 25 ms window would cut every round in two), but none of them is a whole
+    # gap after the one before, so the writes take everybody. A stall of the test process
+    # can split a round and shift the callers for a few rounds: the test asks for the
+    # typical write, so that it does not depend on the machine's load.
+    sizes = asyncio.run(_callers(0.025, monkeypatch, think_seconds=0.003))
+    assert statistics.median(sizes) == 20, sizes
+
+
+def test_gathering_gives_up_at_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same callers, with at most 20 ms of waiting: no write can wait for all of them.
+    sizes = asyncio.run(_callers(0.025, monkeypatch, think_seconds=0.003, gather_max_seconds=0.020))
+    assert statistics.median(sizes) < 20, sizes
 
 
 def test_one_caller_never_waits(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,10 +19,16 @@ returns, the callers it answered send their next operation, a millisecond or two
 A writer that starts the next write at once takes only what queued *during* the last write
 and leaves the answered callers for the write after; the callers settle into cohorts that
 take turns, each batch holds a fraction of them and every charge waits several writes.
-So before a write the writer waits, at most ``GATHER_SECONDS``, until as many operations
-are queued as were active around the last write (the batch it answered plus what queued
-meanwhile). With one caller that is one operation and nothing waits; a caller that went
-away costs one window, after which the estimate follows the smaller batch.
+So before a write the writer waits until as many operations are queued as were active
+around the last write (the batch it answered plus what queued meanwhile), for as long as
+they keep coming: it gives up when none arrived for ``GATHER_SECONDS`` (the gap), or after
+``GATHER_MAX_SECONDS`` in all. Fifty callers take 15 to 20 ms to be answered and to send again
+on a busy 2-core machine, each a fraction of a millisecond after the last, so a fixed
+window either cut them in two when the machine slowed down (a 5 ms window: 37 operations
+per write instead of 49 in some runs) or had to be long for everybody; a gap waits exactly
+as long as the callers keep arriving. With one caller the target is one operation and
+nothing waits; a caller that went away costs one gap, after which the estimate follows the
+smaller batch.
 
 Only the active replica records spends (``leadership``): the registry's ``spending_refusal``
 says why not, when this replica may not, and is checked when an operation is submitted and
@@ -60,9 +66,11 @@ logger = logging.getLogger(__name__)
 # baseline that `make bench` compares group commit against.
 MAX_BATCH = int(os.environ.get("HUSH_LEDGER_MAX_BATCH", "512"))
 MAX_CONFLICT_RETRIES = 20
-# The longest a write waits for the callers its last write answered (see "Gathering").
-# HUSH_LEDGER_GATHER_MS=0 starts every write at once.
+# How long a write waits for the callers its last write answered (see "Gathering"): until
+# none arrived for GATHER_SECONDS, at most GATHER_MAX_SECONDS. HUSH_LEDGER_GATHER_MS=0
+# starts every write at once.
 GATHER_SECONDS = float(os.environ.get("HUSH_LEDGER_GATHER_MS", "5")) / 1000
+GATHER_MAX_SECONDS = float(os.environ.get("HUSH_LEDGER_GATHER_MAX_MS", "40")) / 1000
 
 Operation = Callable[[book.Book, datetime.datetime], book.Outcome]
 
@@ -153,6 +161,7 @@ class BudgetWriter:
         # Operations active around the last write, and the wait for as many to queue again.
         self._active = 1
         self._gathered: asyncio.Future[None] | None = None
+        self._last_arrival = 0.0
         self.writes = 0
         self.conflicts = 0
 
@@ -216,6 +225,7 @@ class BudgetWriter:
         self.start()
         future: asyncio.Future[book.Outcome | None] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(operation, future))
+        self._last_arrival = asyncio.get_running_loop().time()
         self._wakeup.set()
         gathered = self._gathered
         if gathered is not None and not gathered.done() and len(self._queue) >= self._target():
@@ -226,21 +236,31 @@ class BudgetWriter:
         return min(self._active, MAX_BATCH)
 
     async def _gather(self) -> None:
-        """Wait (at most ``GATHER_SECONDS``) until the active callers have queued again."""
+        """Wait until the active callers have queued again, while they keep arriving."""
         if GATHER_SECONDS <= 0 or len(self._queue) >= self._target():
             return
         loop = asyncio.get_running_loop()
         self._gathered = gathered = loop.create_future()
+        deadline = loop.time() + GATHER_MAX_SECONDS
+        timer: asyncio.TimerHandle | None = None
 
-        def give_up() -> None:
-            if not gathered.done():
-                gathered.set_result(None)
+        def look() -> None:
+            nonlocal timer
+            if gathered.done():
+                return
+            now = loop.time()
+            quiet_until = self._last_arrival + GATHER_SECONDS
+            if now >= deadline or now >= quiet_until:
+                gathered.set_result(None)  # nobody came for a whole gap, or time is up
+            else:
+                timer = loop.call_at(min(quiet_until, deadline), look)
 
-        timer = loop.call_later(GATHER_SECONDS, give_up)
+        timer = loop.call_at(min(self._last_arrival + GATHER_SECONDS, deadline), look)
         try:
             await gathered
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             self._gathered = None
 
     async def _run(self) -> None:
