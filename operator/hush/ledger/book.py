@@ -22,6 +22,7 @@ import collections
 import dataclasses
 import datetime
 import decimal
+import functools
 from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
@@ -91,8 +92,21 @@ class _Seen(NamedTuple):
     sequence: int
 
 
+@functools.lru_cache(maxsize=8)
 def _format_time(now: datetime.datetime) -> str:
+    # Cached: every operation of a group commit shares one ``now``.
     return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@functools.lru_cache(maxsize=1024)
+def _release_texts(release: accounting.Release) -> tuple[str, str, str, str]:
+    """The entry's noise scale, sensitivity, epsilon and delta (a policy's routes repeat)."""
+    return (
+        amounts.display(release.scale),
+        amounts.display(release.sensitivity),
+        amounts.display(release.epsilon),
+        amounts.display(release.delta),
+    )
 
 
 class Book:
@@ -267,18 +281,18 @@ class Book:
                 message=f"Budget exhausted: this release does not fit {which}",
                 team_epsilon_remaining=self.team_epsilon_remaining(team),
             )
-        release = request.release
+        noise_scale, sensitivity, epsilon, delta = _release_texts(request.release)
         entry = self._append(
             now=now,
             action=action,
             request_id=request.request_id,
             consumer=request.consumer,
             cost=accountant.to_json(cost),
-            mechanism=release.mechanism,
-            noise_scale=amounts.display(release.scale),
-            sensitivity=amounts.display(release.sensitivity),
-            epsilon=amounts.display(release.epsilon),
-            delta=amounts.display(release.delta),
+            mechanism=request.release.mechanism,
+            noise_scale=noise_scale,
+            sensitivity=sensitivity,
+            epsilon=epsilon,
+            delta=delta,
         )
         self._spent = new_spent
         self._team_spent[team] = new_team_spent

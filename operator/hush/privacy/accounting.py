@@ -40,6 +40,7 @@ import collections
 import dataclasses
 import functools
 import math
+import operator
 from collections.abc import Iterable
 from decimal import Decimal
 from fractions import Fraction
@@ -196,7 +197,7 @@ class _VectorAccountant:
         return cost.units
 
     def add(self, a: Cost, b: Cost) -> Cost:
-        return Cost(tuple(x + y for x, y in zip(self._check(a), self._check(b), strict=True)))
+        return Cost(tuple(map(operator.add, self._check(a), self._check(b))))
 
     def to_json(self, cost: Cost) -> list[int]:
         return list(self._check(cost))
