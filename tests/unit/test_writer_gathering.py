@@ -10,6 +10,7 @@ import asyncio
 import copy
 import datetime
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -40,15 +41,16 @@ BUDGET: dict[str, Any] = {
 class SlowStore:
     """Writes take a while, as real status writes do; records each write's batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, write_seconds: float = 0.003) -> None:
         self.budget = copy.deepcopy(BUDGET)
         self.version = 1
+        self.write_seconds = write_seconds
 
     async def read(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.budget)
 
     async def write_status(self, body: dict[str, Any]) -> dict[str, Any]:
-        await asyncio.sleep(0.003)
+        await asyncio.sleep(self.write_seconds)
         self.version += 1
         self.budget = {**copy.deepcopy(body)}
         self.budget["metadata"]["resourceVersion"] = str(self.version)
@@ -64,13 +66,16 @@ async def _callers(
     monkeypatch: pytest.MonkeyPatch,
     *,
     think_seconds: float = 0.0,
+    resubmit_seconds: float = 0.0,
     gather_max_seconds: float = 1.0,
+    write_seconds: float = 0.003,
+    start_seconds: Callable[[int], float] = lambda index: index * 0.0001,
 ) -> list[int]:
     """20 callers with one operation in flight each, 15 operations apiece: the batch sizes.
     Caller ``i`` takes ``i * think_seconds`` before each resubmission."""
     monkeypatch.setattr(writer, "GATHER_SECONDS", gather_seconds)
     monkeypatch.setattr(writer, "GATHER_MAX_SECONDS", gather_max_seconds)
-    store = SlowStore()
+    store = SlowStore(write_seconds)
     budget_writer = writer.BudgetWriter(
         store, "team", "survey", clock=lambda: datetime.datetime(2026, 11, 22, tzinfo=datetime.UTC)
     )
@@ -84,11 +89,11 @@ async def _callers(
     monkeypatch.setattr(budget_writer, "_commit", recording_commit)
 
     async def caller(index: int) -> None:
-        await asyncio.sleep(index * 0.0001)  # arrive one by one, as over a network
+        await asyncio.sleep(start_seconds(index))  # one by one, as over a network
         for _ in range(15):
             outcome = await budget_writer.submit(_granted)
             assert outcome.ok
-            await asyncio.sleep(index * think_seconds)
+            await asyncio.sleep(resubmit_seconds + index * think_seconds)
 
     await asyncio.gather(*(caller(index) for index in range(20)))
     await budget_writer.stop()
@@ -126,6 +131,23 @@ def test_gathering_gives_up_at_its_limit(monkeypatch: pytest.MonkeyPatch) -> Non
     # The same callers, with at most 20 ms of waiting: no write can wait for all of them.
     sizes = asyncio.run(_callers(0.025, monkeypatch, think_seconds=0.003, gather_max_seconds=0.020))
     assert statistics.median(sizes) < 20, sizes
+
+
+def test_two_cohorts_merge_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Half the callers arrive during the first (30 ms) write, so they queue long before the
+    # write returns; the other half are answered by it and come back 2 ms later. The writer
+    # must wait for those (the gap counts from the start of its wait, not from the queued
+    # operations' arrival), or the two halves keep taking turns: [10, 10, 10, ...].
+    sizes = asyncio.run(
+        _callers(
+            0.010,
+            monkeypatch,
+            write_seconds=0.030,
+            resubmit_seconds=0.002,
+            start_seconds=lambda index: 0.0 if index < 10 else 0.015,
+        )
+    )
+    assert statistics.median(sizes) == 20, sizes
 
 
 def test_one_caller_never_waits(monkeypatch: pytest.MonkeyPatch) -> None:

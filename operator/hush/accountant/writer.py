@@ -241,7 +241,8 @@ class BudgetWriter:
             return
         loop = asyncio.get_running_loop()
         self._gathered = gathered = loop.create_future()
-        deadline = loop.time() + GATHER_MAX_SECONDS
+        started = loop.time()
+        deadline = started + GATHER_MAX_SECONDS
         timer: asyncio.TimerHandle | None = None
 
         def look() -> None:
@@ -249,13 +250,16 @@ class BudgetWriter:
             if gathered.done():
                 return
             now = loop.time()
-            quiet_until = self._last_arrival + GATHER_SECONDS
+            # The gap counts from the start of the wait too: operations that queued during
+            # the last write came long ago, and the callers it answered have only now been
+            # answered (giving up at once would keep two cohorts taking turns).
+            quiet_until = max(self._last_arrival, started) + GATHER_SECONDS
             if now >= deadline or now >= quiet_until:
                 gathered.set_result(None)  # nobody came for a whole gap, or time is up
             else:
                 timer = loop.call_at(min(quiet_until, deadline), look)
 
-        timer = loop.call_at(min(self._last_arrival + GATHER_SECONDS, deadline), look)
+        timer = loop.call_at(min(started + GATHER_SECONDS, deadline), look)
         try:
             await gathered
         finally:
