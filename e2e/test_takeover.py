@@ -269,8 +269,8 @@ def _assert_every_charge_counted_once(
     assert [entry.action for entry in ledger.entries] == ["charge"] * len(ledger.entries)
     for entry in ledger.entries:
         assert tally.answers[entry.request_id][1] == entry.sequence
-    for recent in ledger.request_window():
-        assert tally.answers[recent.request_id][1] == recent.sequence
+    for request_id, _, sequence in ledger.request_window():
+        assert tally.answers[request_id][1] == sequence
     # "duplicate" only ever answers a resend whose first attempt was recorded but unanswered.
     duplicates = {
         request_id for request_id, (outcome, _) in tally.answers.items() if outcome == "duplicate"

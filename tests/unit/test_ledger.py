@@ -192,7 +192,7 @@ def test_request_window_items_round_trip(request_id: str, state: Any, sequence: 
     text = wire.encode_recent(request_id, state, sequence)
     assert wire.split_recent(text) == (request_id, state, sequence)
     assert wire.Ledger.model_validate({"recentRequests": [text]}).request_window() == [
-        wire.RecentRequest(request_id=request_id, state=state, sequence=sequence)
+        (request_id, state, sequence)
     ]
 
 

@@ -223,9 +223,10 @@ class BudgetWriter:
 
     async def _enqueue(self, operation: Operation | None) -> book.Outcome | None:
         self.start()
-        future: asyncio.Future[book.Outcome | None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[book.Outcome | None] = loop.create_future()
         self._queue.append(_Pending(operation, future))
-        self._last_arrival = asyncio.get_running_loop().time()
+        self._last_arrival = loop.time()
         self._wakeup.set()
         gathered = self._gathered
         if gathered is not None and not gathered.done() and len(self._queue) >= self._target():

@@ -114,11 +114,6 @@ def split_recent(text: str) -> tuple[str, RequestState, int]:
     return request_id, state, int(sequence)  # type: ignore[return-value]  # the pattern
 
 
-def decode_recent(text: str) -> RecentRequest:
-    request_id, state, sequence = split_recent(text)
-    return RecentRequest(request_id=request_id, state=state, sequence=sequence)
-
-
 class ConsumerTotal(common.ResourceModel):
     """What one (namespace, policy, team) spent in the compacted part of the ledger."""
 
@@ -182,7 +177,11 @@ class Ledger(common.ResourceModel):
     entries: list[Entry] = pydantic.Field(default_factory=list, max_length=MAX_ENTRIES)
     checkpoint: Checkpoint | None = None
 
-    def request_window(self) -> list[RecentRequest]:
-        """The idempotency window, oldest first, from either form (``recent`` first: a
-        ledger holds the old form only until its first write by this version)."""
-        return [*self.recent, *(decode_recent(text) for text in self.recent_requests)]
+    def request_window(self) -> list[tuple[str, RequestState, int]]:
+        """The idempotency window as (request id, state, sequence), oldest first, from
+        either form (``recent`` first: a ledger holds the old form only until its first
+        write by this version)."""
+        return [
+            *((item.request_id, item.state, item.sequence) for item in self.recent),
+            *(split_recent(text) for text in self.recent_requests),
+        ]

@@ -123,11 +123,9 @@ class Book:
         }
         self._reservations = {item.request_id: item for item in ledger.reservations}
         self._recent: collections.OrderedDict[str, _Seen] = collections.OrderedDict(
-            (item.request_id, _Seen(item.state, item.sequence)) for item in ledger.recent
+            (request_id, _Seen(state, sequence))
+            for request_id, state, sequence in ledger.request_window()
         )
-        for text in ledger.recent_requests:
-            request_id, state, sequence = wire.split_recent(text)
-            self._recent[request_id] = _Seen(state, sequence)
         self._entries = list(ledger.entries)
         self._checkpoint = ledger.checkpoint
         self._window = ledger.window
