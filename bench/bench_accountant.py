@@ -72,6 +72,12 @@ def _fire(
     return report
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _mean_batch(log: Path) -> float:
     """Operations per status write, from the writer's "Committed operations" log lines."""
     sizes = [int(size) for size in re.findall(r'"operations": (\d+)', log.read_text())]
@@ -110,11 +116,13 @@ def run(
             "--accountant-host=127.0.0.1",
             f"--accountant-tls-cert={cert}",
             f"--accountant-tls-key={key}",
-        ):
+        ) as operator:
             hush_resources.wait_for_condition(
                 api, namespace, "PrivacyBudget", "bench", status="True", timeout=60
             )
+            cpu_before = _cpu_seconds(operator.pid)
             fired = _fire(f"https://127.0.0.1:{port}", cert, token, clients, charges, workdir)
+            operator_cpu = _cpu_seconds(operator.pid) - cpu_before
         budget = hush_resources.get(api, namespace, "PrivacyBudget", "bench")
         ledger = wire.Ledger.model_validate(budget["status"]["ledger"])
         return {
@@ -126,6 +134,9 @@ def run(
             "p99_ms": fired["latency_ms"]["p99"],
             "client_cpu": fired["generator_cpu_fraction"],
             "mean_batch": _mean_batch(log),
+            # CPU of the operator process per charge (warm-up charges included): steadier
+            # than charges/s on a shared host, where another tenant's load moves the rate.
+            "operator_cpu_ms": 1000 * operator_cpu / (fired["ok"] + 2 * clients),
             "status_bytes": len(json.dumps(budget)),
             "ledger_sequence": ledger.sequence,
             "verifies": not chain.verify(ledger),

@@ -10,7 +10,7 @@ older checkout's source tree put first on the path) or
 ``--arm gap5=HUSH_LEDGER_GATHER_MS=5 --arm gap10=HUSH_LEDGER_GATHER_MS=10``. The arms run
 in turn, ``--repeats`` rounds, so a slow minute on a shared machine hits every arm alike;
 each run is one ``bench_accountant.run`` (a fresh namespace, budget and operator process,
-group commit on). Prints every run and each arm's median charges/s.
+group commit on). Prints every run and each arm's median charges/s and operator CPU per charge.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def main() -> int:
     arguments = parser.parse_args()
     arguments.workdir.mkdir(parents=True, exist_ok=True)
     rates: dict[str, list[float]] = {label: [] for label, _ in arguments.arm}
+    cpu: dict[str, list[float]] = {label: [] for label, _ in arguments.arm}
     for _ in range(arguments.repeats):
         for label, environment in arguments.arm:
             saved = {name: os.environ.get(name) for name in environment}
@@ -64,16 +65,20 @@ def main() -> int:
                     else:
                         os.environ[name] = value
             rates[label].append(row["charges_per_s"])
+            cpu[label].append(row["operator_cpu_ms"])
             print(
                 f"RESULT {label}: {row['charges_per_s']:.0f} charges/s, p50 {row['p50_ms']:.1f} ms,"
                 f" p99 {row['p99_ms']:.1f} ms, {row['mean_batch']:.1f} operations per write, "
+                f"operator CPU {row['operator_cpu_ms']:.3f} ms per charge, "
                 f"ledger verifies: {row['verifies']}",
                 flush=True,
             )
     for label, values in rates.items():
         print(
             f"RESULT median {label}: {statistics.median(values):.0f} charges/s "
-            f"({', '.join(f'{value:.0f}' for value in values)})"
+            f"({', '.join(f'{value:.0f}' for value in values)}); operator CPU "
+            f"{statistics.median(cpu[label]):.3f} ms per charge "
+            f"({', '.join(f'{value:.3f}' for value in cpu[label])})"
         )
     return 0
 
