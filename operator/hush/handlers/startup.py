@@ -10,6 +10,8 @@ from typing import Any
 
 import kopf
 
+from hush.handlers import diffbase
+
 ANNOTATION_PREFIX = "operator.hush.dev"
 
 
@@ -20,7 +22,9 @@ def operator_configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATION_PREFIX
     )
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    # kopf's own class, except that it does not deep-copy the status (the ledger) of every
+    # watch event only to drop it (hush.handlers.diffbase).
+    settings.persistence.diffbase_storage = diffbase.StatuslessDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     # Events for every handler success are noise in `kubectl describe`; keep warnings.
@@ -31,7 +35,7 @@ def operator_configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     # Spread the API load a little on restart without delaying first reconciliation.
-    settings.batching.worker_limit = 20
+    settings.queueing.worker_limit = 20
     # Watch only injected pods, filtered by the apiserver: the rollout handler's label filter
     # alone is client-side, so without this the operator would deserialise every pod event
     # of the cluster (measured: 1.6x pod-creation latency on a busy 2-core host,
