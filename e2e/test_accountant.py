@@ -85,9 +85,11 @@ def _spend_body(request_id: str, policy: str = "survey") -> dict[str, Any]:
 
 
 async def _post(
-    session: aiohttp.ClientSession, url: str, token: str, body: dict[str, Any]
+    session: aiohttp.ClientSession, url: str, token: str, body: dict[str, Any] | bytes
 ) -> tuple[int, dict[str, Any]]:
-    async with session.post(url, json=body, headers={"Authorization": f"Bearer {token}"}) as reply:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    options: dict[str, Any] = {"data": body} if isinstance(body, bytes) else {"json": body}
+    async with session.post(url, headers=headers, **options) as reply:
         return reply.status, await reply.json()
 
 
@@ -177,6 +179,8 @@ def test_reserve_commit_release_and_idempotent_retries(
                 ),
                 "open": await _post(session, f"{url}/v1/reserve", token, _spend_body("r3")),
                 "malformed": await _post(session, f"{url}/v1/reserve", token, {"requestId": 5}),
+                "not-json": await _post(session, f"{url}/v1/commit", token, b'{"requestId": '),
+                "not-utf8": await _post(session, f"{url}/v1/reserve", token, b"\xff\xfe{}"),
             }
             return results
 
@@ -188,6 +192,11 @@ def test_reserve_commit_release_and_idempotent_retries(
     assert results["late-release"][0] == 409
     assert results["release2"][1]["outcome"] == "released"
     assert results["malformed"][0] == 400
+    assert "requestId" in results["malformed"][1]["message"]
+    for case in ("not-json", "not-utf8"):
+        assert results[case] == (
+            400, {"outcome": "bad-request", "message": "The body is not JSON", "overBudget": False}
+        )  # fmt: skip
     # Spent: r1 (committed) and r3 (open reservation counts as spent); r2 was refunded.
     ledger = spending.ledger(api_client, namespace, "survey")
     assert [entry.action for entry in ledger.entries] == [

@@ -18,12 +18,12 @@ says what is wrong. The caller's token is never logged.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pydantic
 from aiohttp import web
@@ -72,9 +72,19 @@ _OUTCOME_STATUS = {
 
 
 def _answer(status: int, answer: protocol.Answer) -> web.Response:
-    return web.json_response(
-        answer.model_dump(mode="json", by_alias=True, exclude_none=True), status=status
+    # pydantic's own serialiser: a third of the cost of model_dump plus json.dumps.
+    return web.Response(
+        text=answer.model_dump_json(by_alias=True, exclude_none=True),
+        status=status,
+        content_type="application/json",
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _consumer(namespace: str, pod: str, policy: str, team: str) -> wire.Consumer:
+    # Every charge of a pod names the same consumer; the model is frozen, so one instance
+    # serves them all (validated once, not per charge).
+    return wire.Consumer(namespace=namespace, pod=pod, policy=policy, team=team)
 
 
 def _refusal(status: int, outcome: str, message: str) -> web.Response:
@@ -98,7 +108,7 @@ class Accountant:
         self._audience = audience
         self._clock = clock
         self._is_leader = is_leader
-        self._identities: dict[str, tuple[float, authorization.Caller, str]] = {}
+        self._identities: dict[bytes, tuple[float, authorization.Caller, str]] = {}
         self._policies: dict[tuple[str, str], tuple[float, Mapping[str, Any] | None]] = {}
 
     def application(self) -> web.Application:
@@ -129,7 +139,7 @@ class Accountant:
         if not header.startswith("Bearer "):
             raise authorization.DeniedError("Missing bearer token", status=401)
         token = header.removeprefix("Bearer ").strip()
-        key = hashlib.sha256(token.encode()).hexdigest()
+        key = hashlib.sha256(token.encode()).digest()
         cached = self._identities.get(key)
         now = self._clock()
         if cached is not None and cached[0] > now:
@@ -202,7 +212,7 @@ class Accountant:
             if not self._is_leader():
                 return _refusal(503, "standby", "This replica is not the active accountant")
             try:
-                body = protocol.SpendRequest.model_validate(await _json(request))
+                body = _parse(protocol.SpendRequest, await request.read())
                 grant, policy = await self._grant(request, body.policy, body.policy_hash)
                 # Staleness first: a pod whose route changed with the policy must learn that
                 # it is stale (409, and it stops releasing), not that its cost is wrong.
@@ -212,9 +222,7 @@ class Accountant:
                 return _refusal_for(error)
             charge = book.ChargeRequest(
                 request_id=body.request_id,
-                consumer=wire.Consumer(
-                    namespace=grant.namespace, pod=grant.pod, policy=grant.policy, team=grant.team
-                ),
+                consumer=_consumer(grant.namespace, grant.pod, grant.policy, grant.team),
                 release=accounting.Release(
                     mechanism=body.mechanism,
                     epsilon=body.epsilon,
@@ -245,7 +253,7 @@ class Accountant:
             if not self._is_leader():
                 return _refusal(503, "standby", "This replica is not the active accountant")
             try:
-                body = protocol.CloseRequest.model_validate(await _json(request))
+                body = _parse(protocol.CloseRequest, await request.read())
                 grant, _ = await self._grant(request, body.policy)
             except _REFUSED as error:
                 return _refusal_for(error)
@@ -304,11 +312,17 @@ def _refusal_for(error: Exception) -> web.Response:
     return _refusal(400, "bad-request", str(error))
 
 
-async def _json(request: web.Request) -> Any:
+_Message = TypeVar("_Message", protocol.SpendRequest, protocol.CloseRequest)
+
+
+def _parse(model: type[_Message], body: bytes) -> _Message:
+    """The request body read straight from its JSON bytes by pydantic (no dict in between)."""
     try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise _BadRequestError("The body is not JSON") from error
+        return model.model_validate_json(body)
+    except pydantic.ValidationError as error:
+        if any(problem["type"] == "json_invalid" for problem in error.errors()):
+            raise _BadRequestError("The body is not JSON") from None
+        raise
 
 
 def _describe(error: pydantic.ValidationError) -> str:
