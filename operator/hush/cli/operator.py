@@ -246,6 +246,9 @@ def run(arguments: argparse.Namespace) -> int:
     from hush.kube import client as kube_client
 
     kube_client.api_client()
+    from hush.cli import garbage_collection
+
+    garbage_collection.tune(os.environ)
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
