@@ -114,7 +114,9 @@ async def privacybudget_changed(
     budgets: BudgetIndex = kwargs["privacybudget_by_name"]
     policies: kopf.Index[tuple[str, str], PolicySnapshot] = kwargs["dppolicy_by_budget"]
     namespace = namespace or ""
-    for policy in policies.get((namespace, name), []):
+    # A snapshot: the index changes while this handler awaits its patches (the patch itself
+    # is an event of the policy), and iterating kopf's live store then fails.
+    for policy in list(policies.get((namespace, name), [])):
         desired = _evaluate(namespace, policy.spec, policy.generation, policy.status, budgets)
         changes = status_patch.changed_fields(policy.status, desired)
         if not changes:
