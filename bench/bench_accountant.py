@@ -78,6 +78,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _resident_mib(pid: int) -> float:
+    """The resident set of a process now, in MiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def _mean_batch(log: Path) -> float:
     """Operations per status write, from the writer's "Committed operations" log lines."""
     sizes = [int(size) for size in re.findall(r'"operations": (\d+)', log.read_text())]
@@ -123,6 +131,7 @@ def run(
             cpu_before = _cpu_seconds(operator.pid)
             fired = _fire(f"https://127.0.0.1:{port}", cert, token, clients, charges, workdir)
             operator_cpu = _cpu_seconds(operator.pid) - cpu_before
+            operator_rss = _resident_mib(operator.pid)
         budget = hush_resources.get(api, namespace, "PrivacyBudget", "bench")
         ledger = wire.Ledger.model_validate(budget["status"]["ledger"])
         return {
@@ -136,6 +145,7 @@ def run(
             "mean_batch": _mean_batch(log),
             # CPU of the operator process per charge (warm-up charges included): steadier
             # than charges/s on a shared host, where another tenant's load moves the rate.
+            "operator_rss_mib": operator_rss,
             "operator_cpu_ms": 1000 * operator_cpu / (fired["ok"] + 2 * clients),
             "status_bytes": len(json.dumps(budget)),
             "ledger_sequence": ledger.sequence,

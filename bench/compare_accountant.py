@@ -70,6 +70,7 @@ def main() -> int:
                 f"RESULT {label}: {row['charges_per_s']:.0f} charges/s, p50 {row['p50_ms']:.1f} ms,"
                 f" p99 {row['p99_ms']:.1f} ms, {row['mean_batch']:.1f} operations per write, "
                 f"operator CPU {row['operator_cpu_ms']:.3f} ms per charge, "
+                f"RSS {row['operator_rss_mib']:.0f} MiB, "
                 f"ledger verifies: {row['verifies']}",
                 flush=True,
             )
