@@ -42,10 +42,9 @@ def gen0_threshold(environ: Mapping[str, str]) -> int:
     return value
 
 
-def tune(environ: Mapping[str, str]) -> None:
+def tune(threshold: int) -> None:
     """Freeze what startup built and set the young generation's threshold (call once,
     after the imports, before serving)."""
-    threshold = gen0_threshold(environ)
     gc.collect()  # what startup already dropped is not frozen forever
     gc.freeze()
     _, middle, oldest = gc.get_threshold()

@@ -193,7 +193,12 @@ def run(arguments: argparse.Namespace) -> int:
     # Importing the handlers registers them with kopf's default registry.
     from hush import handlers
     from hush.accountant import leadership, service
+    from hush.cli import garbage_collection
 
+    try:  # refused before anything starts, like a bad flag
+        gc_threshold = garbage_collection.gen0_threshold(os.environ)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     election = leader_election_settings(arguments, os.environ, leadership.default_identity())
     service.configure(
         service.Options(
@@ -246,9 +251,8 @@ def run(arguments: argparse.Namespace) -> int:
     from hush.kube import client as kube_client
 
     kube_client.api_client()
-    from hush.cli import garbage_collection
-
-    garbage_collection.tune(os.environ)
+    # Last before serving: everything startup built is frozen (docs/design/0017).
+    garbage_collection.tune(gc_threshold)
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
