@@ -72,20 +72,6 @@ def _fire(
     return report
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _resident_mib(pid: int) -> float:
-    """The resident set of a process now, in MiB (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def _mean_batch(log: Path) -> float:
     """Operations per status write, from the writer's "Committed operations" log lines."""
     sizes = [int(size) for size in re.findall(r'"operations": (\d+)', log.read_text())]
@@ -128,10 +114,10 @@ def run(
             hush_resources.wait_for_condition(
                 api, namespace, "PrivacyBudget", "bench", status="True", timeout=60
             )
-            cpu_before = _cpu_seconds(operator.pid)
+            cpu_before = tools.process_cpu_seconds(operator.pid)
             fired = _fire(f"https://127.0.0.1:{port}", cert, token, clients, charges, workdir)
-            operator_cpu = _cpu_seconds(operator.pid) - cpu_before
-            operator_rss = _resident_mib(operator.pid)
+            operator_cpu = tools.process_cpu_seconds(operator.pid) - cpu_before
+            operator_rss = tools.process_memory_mib(operator.pid)
         budget = hush_resources.get(api, namespace, "PrivacyBudget", "bench")
         ledger = wire.Ledger.model_validate(budget["status"]["ledger"])
         return {

@@ -29,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
+import tools
 from kubernetes import client, config, watch
 
 from hush.rollout import trigger
@@ -63,13 +64,6 @@ def _deployment(name: str) -> dict[str, Any]:
             },
         },
     }
-
-
-def _peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _policy(api: client.ApiClient, namespace: str) -> dict[str, Any]:
@@ -226,7 +220,7 @@ def main() -> int:
                 row = {
                     "deployments": size,
                     "hush_triggered_s": round(hush["triggered_s"], 2),
-                    "operator_peak_rss_mib": round(_peak_rss_mib(pid), 1),
+                    "operator_peak_rss_mib": round(tools.process_memory_mib(pid, "VmHWM"), 1),
                 }
                 print(json.dumps(row), flush=True)
                 continue
@@ -240,7 +234,7 @@ def main() -> int:
                     "baseline_triggered_s": round(baseline["triggered_s"], 2),
                     "baseline_complete_s": round(baseline["complete_s"], 2),
                     "complete_ratio": round(hush["complete_s"] / baseline["complete_s"], 2),
-                    "operator_peak_rss_mib": round(_peak_rss_mib(pid), 1),
+                    "operator_peak_rss_mib": round(tools.process_memory_mib(pid, "VmHWM"), 1),
                 }
             )
             print(json.dumps(rows[-1]), flush=True)

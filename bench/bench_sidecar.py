@@ -326,18 +326,12 @@ def cpu_jiffies() -> dict[str, tuple[int, int]]:
     return result
 
 
-def process_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @contextlib.contextmanager
 def cpu_usage(pids: dict[str, int], into: dict[str, float]) -> Iterator[None]:
     """Fill ``into`` with each CPU's busy share, each named process's CPU share, the load
     generator's (the children that ended inside the block) and what others used per core."""
     cpus_before = cpu_jiffies()
-    processes_before = {name: process_seconds(pid) for name, pid in pids.items()}
+    processes_before = {name: tools_cache.process_cpu_seconds(pid) for name, pid in pids.items()}
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     yield
@@ -349,7 +343,8 @@ def cpu_usage(pids: dict[str, int], into: dict[str, float]) -> Iterator[None]:
         total = cpus_after[cpu][1] - cpus_before[cpu][1]
         into[f"cpu{cpu}_busy"] = busy / total if total else 0.0
     for name, pid in pids.items():
-        into[f"{name}_cpu"] = (process_seconds(pid) - processes_before[name]) / elapsed
+        spent = tools_cache.process_cpu_seconds(pid) - processes_before[name]
+        into[f"{name}_cpu"] = spent / elapsed
     into["load_generator_cpu"] = (
         children_after.ru_utime + children_after.ru_stime
         - children_before.ru_utime - children_before.ru_stime

@@ -18,7 +18,6 @@ import copy
 import datetime
 import decimal
 import json
-import os
 import secrets
 import sys
 import time
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import tools
 from kubernetes import client, config
 
 from hush.api import ledger as wire
@@ -73,16 +73,11 @@ def realistic_status(charges: int = 5000) -> dict[str, Any]:
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(label: str, pid: int, writes: int, write: Callable[[int], Any], size: int) -> None:
-    cpu, started = cpu_seconds(pid), time.perf_counter()
+    cpu, started = tools.process_cpu_seconds(pid), time.perf_counter()
     for number in range(writes):
         write(number)
-    elapsed, spent = time.perf_counter() - started, cpu_seconds(pid) - cpu
+    elapsed, spent = time.perf_counter() - started, tools.process_cpu_seconds(pid) - cpu
     print(
         f"{label:<44} {size:>7} B  {elapsed / writes * 1000:6.1f} ms/write  "
         f"apiserver {spent / writes * 1000:6.1f} ms CPU/write",
