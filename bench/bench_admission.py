@@ -284,6 +284,17 @@ def _fresh_namespace(api: client.ApiClient) -> str:
     return name
 
 
+def _delete_namespace(core: client.CoreV1Api, namespace: str) -> None:
+    """Delete a run's namespace and wait until it is gone: the garbage collector deleting
+    its pods must not load the next run."""
+    core.delete_namespace(namespace)
+
+    def gone() -> bool:
+        return not any(item.metadata.name == namespace for item in core.list_namespace().items)
+
+    waiting.wait_for(gone, timeout=300, description=f"namespace {namespace} deleted")
+
+
 @contextlib.contextmanager
 def _hush_admission(
     api: client.ApiClient, running: dict[str, Any], manifests: list[dict[str, Any]]
@@ -337,13 +348,7 @@ def apiserver(
             namespace
         ]
         runs[label].append({**_summary(latencies), "steal": _steal_fraction(before, _cpu_times())})
-        core.delete_namespace(namespace)
-
-        def gone() -> bool:
-            return not any(item.metadata.name == namespace for item in core.list_namespace().items)
-
-        # The garbage collector deleting the pods must not load the next run.
-        waiting.wait_for(gone, timeout=300, description=f"namespace {namespace} deleted")
+        _delete_namespace(core, namespace)
 
     interleaved: dict[str, Any] = {}
 
@@ -354,8 +359,11 @@ def apiserver(
         share every moment of the host, steal included."""
         namespace = _fresh_namespace(api)
         excluded = webhook_setup.HUSH_NAMESPACE
-        with contextlib.suppress(client.ApiException):
+        try:
             core.create_namespace({"metadata": {"name": excluded}})
+        except client.ApiException as error:
+            if error.status != 409:  # it exists already: fine
+                raise
         both = [namespace, excluded]
         _create_pods(api, both, clients, rate, 2.0)
         before = _cpu_times()
@@ -367,15 +375,12 @@ def apiserver(
                 "steal": _steal_fraction(before, _cpu_times()),
             }
         )
-        core.delete_namespace(namespace)
         core.delete_collection_namespaced_pod(excluded, label_selector=BENCH_LABEL)
+        _delete_namespace(core, namespace)
         waiting.wait_for(
-            lambda: (
-                not core.list_namespaced_pod(excluded, label_selector=BENCH_LABEL).items
-                and not any(item.metadata.name == namespace for item in core.list_namespace().items)
-            ),
+            lambda: not core.list_namespaced_pod(excluded, label_selector=BENCH_LABEL).items,
             timeout=300,
-            description="benchmark pods deleted",
+            description=f"benchmark pods in {excluded} deleted",
         )
 
     settings = policies.PolicySettings(
