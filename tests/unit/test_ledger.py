@@ -107,25 +107,21 @@ def test_unknown_team_is_refused() -> None:
     assert working.charge(_request("a", team="marketing"), NOW).code == "no-quota"
 
 
-def test_reserve_commit_release_lifecycle() -> None:
+def test_there_is_no_refund_or_two_phase_spend_in_the_book() -> None:
+    # docs/design/0018: a charge is final; nothing can give its cost back.
+    for name in ("reserve", "commit", "release"):
+        assert not hasattr(book.Book, name)
+
+
+def test_a_retried_charge_is_answered_from_the_ledger_and_not_charged_twice() -> None:
     working = book.Book(wire.Ledger(), _limits(team_epsilon=0.25))
-    assert working.reserve(_request("a"), NOW).code == "granted"
-    assert working.reserve(_request("a"), NOW).code == "duplicate"  # a retry: not charged twice
-    assert working.reserve(_request("b"), NOW).code == "granted"
-    # Open reservations count as spent: a third 0.1 does not fit 0.25.
-    assert working.reserve(_request("c"), NOW).code == "exhausted"
-    assert working.release(_request("b").request_id, "analytics", NOW).code == "released"
-    assert working.reserve(_request("c"), NOW).code == "granted"
-    assert working.commit("a", "analytics", NOW).code == "committed"
-    assert working.commit("a", "analytics", NOW).code == "duplicate"
-    assert working.release("a", "analytics", NOW).code == "already-committed"
-    assert working.commit("c", "growth", NOW).code == "wrong-team"
-    assert working.commit("zzz", "analytics", NOW).code == "unknown-request"
+    first = working.charge(_request("a"), NOW)
+    retry = working.charge(_request("a"), NOW)
+    assert (first.code, retry.code, retry.ok, retry.sequence) == ("granted", "duplicate", True, 1)
+    assert working.charge(_request("b"), NOW).ok
+    assert working.charge(_request("c"), NOW).code == "exhausted"  # 0.3 does not fit 0.25
     snapshot = working.snapshot()
-    assert [entry.action for entry in snapshot.entries] == [
-        "reserve", "reserve", "release", "reserve", "commit",
-    ]  # fmt: skip
-    assert [item.request_id for item in snapshot.reservations] == ["c"]
+    assert [entry.action for entry in snapshot.entries] == ["charge", "charge"]
     assert chain.verify(snapshot) == []
 
 
@@ -142,27 +138,30 @@ def test_snapshot_round_trips_through_json() -> None:
 
 def test_the_request_window_is_written_as_strings_and_read_in_either_form() -> None:
     working = book.Book(wire.Ledger(), _limits(team_epsilon=0.5))
-    working.reserve(_request("a"), NOW)
     working.charge(_request("b"), NOW)
-    working.release("a", "analytics", NOW)
+    working.charge(_request("a"), NOW)
     written = working.snapshot().model_dump(mode="json", by_alias=True)
     assert written["recent"] == []
-    assert written["recentRequests"] == ["b committed 2", "a released 3"]
+    assert written["recentRequests"] == ["b committed 1", "a committed 2"]
 
-    # A ledger written before recentRequests existed keeps its window as objects.
+    # A ledger of the old reserve/commit/release protocol may name a refunded request; a
+    # ledger written before recentRequests existed keeps its window as objects.
+    strings = dict(written, recentRequests=["b committed 1", "a released 2"])
     legacy = dict(written, recentRequests=[])
     legacy["recent"] = [
-        {"requestId": "b", "state": "committed", "sequence": 2},
-        {"requestId": "a", "state": "released", "sequence": 3},
+        {"requestId": "b", "state": "committed", "sequence": 1},
+        {"requestId": "a", "state": "released", "sequence": 2},
     ]
-    for form in (written, legacy):
+    for form in (strings, legacy):
         again = book.Book(wire.Ledger.model_validate(form), _limits(team_epsilon=0.5))
         assert again.charge(_request("b"), NOW).code == "duplicate"  # not charged twice
-        reserved_again = again.reserve(_request("a"), NOW)
-        assert (reserved_again.code, reserved_again.ok) == ("duplicate", False)  # released
+        refunded = again.charge(_request("a"), NOW)
+        # Not answered as if charged: the sidecar must not release under a refunded id.
+        assert (refunded.code, refunded.ok) == ("already-released", False)
         moved = again.snapshot().model_dump(mode="json", by_alias=True)
+        assert moved["sequence"] == 2  # nothing charged
         assert moved["recent"] == []  # the first write moves the window to the new form
-        assert moved["recentRequests"] == ["b committed 2", "a released 3"]
+        assert moved["recentRequests"] == ["b committed 1", "a released 2"]
 
 
 @pytest.mark.parametrize(
@@ -254,26 +253,35 @@ def test_no_sequence_of_charges_exceeds_the_quota(
 
 
 def test_renewal_refunds_each_window_but_keeps_lifetime_and_open_reservations() -> None:
-    working = book.Book(wire.Ledger(), _limits(team_epsilon=0.3))
-    for number in range(3):
-        assert working.charge(_request(f"w0-{number}"), NOW).ok
-    assert working.reserve(_request("open"), NOW).code == "exhausted"  # window 0 is full
-    working.renew(1, NOW)
-    assert working.reserve(_request("open"), NOW).ok
-    working.renew(2, NOW)
-    # The open reservation carried over into window 2: two more fit, not three.
-    assert working.charge(_request("w2-a"), NOW).ok
-    assert working.charge(_request("w2-b"), NOW).ok
-    assert not working.charge(_request("w2-c"), NOW).ok
-    snapshot = working.snapshot()
-    assert snapshot.window == 2
-    assert chain.verify(snapshot) == []
-    lifetime = working.lifetime_spent
-    assert _limits().accountant.epsilon_spent(lifetime, decimal.Decimal(0)) == decimal.Decimal(
-        "0.6"
+    # An open reservation left by the old reserve/commit protocol: nothing closes it any more,
+    # so it counts as spent in every window.
+    lim = _limits(team_epsilon=0.3)
+    cost = lim.accountant.to_json(lim.accountant.release_cost(_request("open").release))
+    legacy = wire.Ledger(
+        sequence=1,
+        spent=cost,
+        lifetime_spent=cost,
+        teams=[wire.TeamSpent(team="analytics", spent=cost)],
+        reservations=[
+            wire.Reservation(request_id="open", consumer=CONSUMER, cost=cost, sequence=1)
+        ],
     )
-    working.renew(1, NOW)  # never backwards
-    assert working.window == 2
+    working = book.Book(legacy, lim)
+    for number in range(2):
+        assert working.charge(_request(f"w0-{number}"), NOW).ok
+    assert not working.charge(_request("w0-full"), NOW).ok  # window 0 is full
+    working.renew(1, NOW)
+    # The open reservation carried over into window 1: two more fit, not three.
+    assert working.charge(_request("w1-a"), NOW).ok
+    assert working.charge(_request("w1-b"), NOW).ok
+    assert not working.charge(_request("w1-c"), NOW).ok
+    snapshot = working.snapshot()
+    assert snapshot.window == 1
+    assert [item.request_id for item in snapshot.reservations] == ["open"]
+    lifetime = working.lifetime_spent
+    assert lim.accountant.epsilon_spent(lifetime, decimal.Decimal(0)) == decimal.Decimal("0.5")
+    working.renew(0, NOW)  # never backwards
+    assert working.window == 1
 
 
 def test_windows() -> None:

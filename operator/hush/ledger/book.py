@@ -1,4 +1,4 @@
-"""Pure ledger transitions: reserve, commit, release (and one-step charge), compaction.
+"""Pure ledger transitions: charge, renewal, compaction.
 
 A ``Book`` is a working copy of one budget's ledger plus the limits it must respect. The
 accountant loads a Book from the budget's status, applies a batch of operations, writes
@@ -9,9 +9,11 @@ function of the ledger it is applied to.
 Rules (ARCHITECTURE.md, "Spending protocol"):
 - a charge must fit both its team's quota and the dataset's total (Big Bird, SOSP'25:
   per-team budgets alone are unsound);
-- an open reservation counts as spent, so a sidecar that dies between reserve and commit
-  can over-count, never under-count;
-- request ids make retries idempotent: a repeated reserve is answered from the ledger and
+- a charge is final: there is no refund (docs/design/0018). Ledgers written under the old
+  reserve/commit/release protocol may still hold open reservations and "released" request
+  ids; both are kept as they are (an open reservation stays counted as spent, and a charge
+  retried under a released id is refused), never closed or refunded;
+- request ids make retries idempotent: a repeated charge is answered from the ledger and
   never charged twice, for as long as the id is in the bounded ``recent`` window;
 - ``enforcement: warn`` grants charges past the budget but reports them as over budget.
 """
@@ -39,16 +41,10 @@ COMPACTION_SLACK = 8
 
 OutcomeCode = Literal[
     "granted",
-    "committed",
-    "released",
     "duplicate",
+    "already-released",
     "exhausted",
     "no-quota",
-    "unknown-request",
-    "already-committed",
-    "already-released",
-    "wrong-team",
-    "too-many-reservations",
     "under-noised",
 ]
 
@@ -147,21 +143,75 @@ class Book:
 
     # -- operations ----------------------------------------------------------------------
 
-    def reserve(self, request: ChargeRequest, now: datetime.datetime) -> Outcome:
-        """Reserve the cost of one release; it counts as spent until released."""
-        return self._spend(request, now, action="reserve")
-
     def charge(self, request: ChargeRequest, now: datetime.datetime) -> Outcome:
-        """Reserve and commit in one entry (for callers that need no two-phase release)."""
-        return self._spend(request, now, action="charge")
-
-    def commit(self, request_id: str, team: str, now: datetime.datetime) -> Outcome:
-        """Close a reservation: the release happened, the cost stays spent."""
-        return self._close(request_id, team, now, action="commit")
-
-    def release(self, request_id: str, team: str, now: datetime.datetime) -> Outcome:
-        """Cancel a reservation whose answer was never released: the cost is refunded."""
-        return self._close(request_id, team, now, action="release")
+        """Charge one release, durably and for good (there is no refund)."""
+        team = request.consumer.team
+        previous = self._recent.get(request.request_id)
+        if previous is not None:
+            if previous.state == "released":  # refunded under the old protocol
+                return Outcome(
+                    code="already-released",
+                    ok=False,
+                    message=f"Request {request.request_id} was refunded; use a new request id",
+                    sequence=previous.sequence,
+                )
+            return Outcome(
+                code="duplicate",
+                ok=True,
+                message=f"Request {request.request_id} was already {previous.state}",
+                sequence=previous.sequence,
+                team_epsilon_remaining=self.team_epsilon_remaining(team),
+            )
+        team_capacity = self._limits.teams.get(team)
+        if team_capacity is None:
+            return Outcome(
+                code="no-quota",
+                ok=False,
+                message=f"The budget has no quota for team {team}",
+            )
+        try:
+            cost = self._accountant.release_cost(request.release)
+        except accounting.UnderNoisedError as error:
+            return Outcome(code="under-noised", ok=False, message=str(error))
+        accountant = self._accountant
+        new_team_spent = accountant.add(self.team_spent(team), cost)
+        new_spent = accountant.add(self._spent, cost)
+        fits_team = accountant.fits(new_team_spent, team_capacity)
+        fits_total = accountant.fits(new_spent, self._limits.total)
+        over_budget = not (fits_team and fits_total)
+        if over_budget and self._limits.enforcement == "block":
+            which = "team " + team + "'s quota" if not fits_team else "the dataset's total"
+            return Outcome(
+                code="exhausted",
+                ok=False,
+                message=f"Budget exhausted: this release does not fit {which}",
+                team_epsilon_remaining=self.team_epsilon_remaining(team),
+            )
+        noise_scale, sensitivity, epsilon, delta = _release_texts(request.release)
+        entry = self._append(
+            now=now,
+            action="charge",
+            request_id=request.request_id,
+            consumer=request.consumer,
+            cost=accountant.to_json(cost),
+            mechanism=request.release.mechanism,
+            noise_scale=noise_scale,
+            sensitivity=sensitivity,
+            epsilon=epsilon,
+            delta=delta,
+        )
+        self._spent = new_spent
+        self._team_spent[team] = new_team_spent
+        self._lifetime = accountant.add(self._lifetime, cost)
+        self._remember(request.request_id, "committed", entry)
+        return Outcome(
+            code="granted",
+            ok=True,
+            message="Over budget (enforcement: warn)" if over_budget else "Granted",
+            sequence=entry.sequence,
+            over_budget=over_budget,
+            team_epsilon_remaining=self.team_epsilon_remaining(team),
+        )
 
     @property
     def window(self) -> int:
@@ -173,8 +223,9 @@ class Book:
 
     def renew(self, window: int, now: datetime.datetime) -> None:
         """Start renewal window ``window``: each team's spending so far is refunded by a
-        ``renew`` entry, except open reservations, which carry over (they may still be
-        released, and until then they count). Lifetime totals keep everything."""
+        ``renew`` entry, except open reservations (left by the old reserve/commit protocol;
+        nothing closes them any more), which carry over and keep counting. Lifetime totals
+        keep everything."""
         if window <= self._window:
             return
         open_by_team: dict[str, accounting.Cost] = {}
@@ -233,140 +284,6 @@ class Book:
         )
 
     # -- internals -----------------------------------------------------------------------
-
-    def _spend(
-        self, request: ChargeRequest, now: datetime.datetime, *, action: wire.Action
-    ) -> Outcome:
-        team = request.consumer.team
-        previous = self._recent.get(request.request_id)
-        if previous is not None:
-            return Outcome(
-                code="duplicate",
-                ok=previous.state != "released",
-                message=f"Request {request.request_id} was already {previous.state}",
-                sequence=previous.sequence,
-                team_epsilon_remaining=self.team_epsilon_remaining(team),
-            )
-        team_capacity = self._limits.teams.get(team)
-        if team_capacity is None:
-            return Outcome(
-                code="no-quota",
-                ok=False,
-                message=f"The budget has no quota for team {team}",
-            )
-        if action == "reserve" and len(self._reservations) >= wire.MAX_RESERVATIONS:
-            return Outcome(
-                code="too-many-reservations",
-                ok=False,
-                message=f"{wire.MAX_RESERVATIONS} reservations are open; commit or release "
-                "some before reserving more",
-            )
-        try:
-            cost = self._accountant.release_cost(request.release)
-        except accounting.UnderNoisedError as error:
-            return Outcome(code="under-noised", ok=False, message=str(error))
-        accountant = self._accountant
-        new_team_spent = accountant.add(self.team_spent(team), cost)
-        new_spent = accountant.add(self._spent, cost)
-        fits_team = accountant.fits(new_team_spent, team_capacity)
-        fits_total = accountant.fits(new_spent, self._limits.total)
-        over_budget = not (fits_team and fits_total)
-        if over_budget and self._limits.enforcement == "block":
-            which = "team " + team + "'s quota" if not fits_team else "the dataset's total"
-            return Outcome(
-                code="exhausted",
-                ok=False,
-                message=f"Budget exhausted: this release does not fit {which}",
-                team_epsilon_remaining=self.team_epsilon_remaining(team),
-            )
-        noise_scale, sensitivity, epsilon, delta = _release_texts(request.release)
-        entry = self._append(
-            now=now,
-            action=action,
-            request_id=request.request_id,
-            consumer=request.consumer,
-            cost=accountant.to_json(cost),
-            mechanism=request.release.mechanism,
-            noise_scale=noise_scale,
-            sensitivity=sensitivity,
-            epsilon=epsilon,
-            delta=delta,
-        )
-        self._spent = new_spent
-        self._team_spent[team] = new_team_spent
-        self._lifetime = accountant.add(self._lifetime, cost)
-        if action == "reserve":
-            self._reservations[request.request_id] = wire.Reservation(
-                request_id=request.request_id,
-                consumer=request.consumer,
-                cost=accountant.to_json(cost),
-                sequence=entry.sequence,
-            )
-        self._remember(
-            request.request_id, "reserved" if action == "reserve" else "committed", entry
-        )
-        return Outcome(
-            code="granted",
-            ok=True,
-            message="Over budget (enforcement: warn)" if over_budget else "Granted",
-            sequence=entry.sequence,
-            over_budget=over_budget,
-            team_epsilon_remaining=self.team_epsilon_remaining(team),
-        )
-
-    def _close(
-        self,
-        request_id: str,
-        team: str,
-        now: datetime.datetime,
-        *,
-        action: Literal["commit", "release"],
-    ) -> Outcome:
-        reservation = self._reservations.get(request_id)
-        if reservation is None:
-            previous = self._recent.get(request_id)
-            if previous is None:
-                return Outcome(
-                    code="unknown-request",
-                    ok=False,
-                    message=f"No open reservation {request_id} (expired from the window, or "
-                    "never reserved)",
-                )
-            wanted = "committed" if action == "commit" else "released"
-            return Outcome(
-                code="duplicate" if previous.state == wanted else f"already-{previous.state}",  # type: ignore[arg-type]
-                ok=previous.state == wanted,
-                message=f"Request {request_id} was already {previous.state}",
-                sequence=previous.sequence,
-            )
-        if reservation.consumer.team != team:
-            return Outcome(
-                code="wrong-team",
-                ok=False,
-                message=f"Reservation {request_id} belongs to another team",
-            )
-        consumer = reservation.consumer
-        cost = self._accountant.from_json(list(reservation.cost))
-        entry = self._append(
-            now=now,
-            action=action,
-            request_id=request_id,
-            consumer=consumer,
-            cost=list(reservation.cost),
-        )
-        if action == "release":
-            self._spent = self._subtract(self._spent, cost)
-            self._team_spent[team] = self._subtract(self.team_spent(team), cost)
-            self._lifetime = self._subtract(self._lifetime, cost)
-        del self._reservations[request_id]
-        self._remember(request_id, "committed" if action == "commit" else "released", entry)
-        return Outcome(
-            code="committed" if action == "commit" else "released",
-            ok=True,
-            message="Committed" if action == "commit" else "Released",
-            sequence=entry.sequence,
-            team_epsilon_remaining=self.team_epsilon_remaining(team),
-        )
 
     def _subtract(self, left: accounting.Cost, right: accounting.Cost) -> accounting.Cost:
         negated = [-unit for unit in self._accountant.to_json(right)]
