@@ -291,7 +291,76 @@ def test_windows() -> None:
     assert windows.parse_duration("500ms") == datetime.timedelta(milliseconds=500)
     with pytest.raises(ValueError, match="positive duration"):
         windows.parse_duration("forever")
-    created = windows.parse_timestamp("2026-11-01T00:00:00Z")
+    anchor = windows.parse_timestamp("2026-11-01T00:00:00Z")
     day = datetime.timedelta(days=1)
-    assert windows.window_index(created, created, day) == 0
-    assert windows.window_index(created, created + day * 3.5, day) == 3
+    assert windows.window_index(anchor, anchor, day) == 0
+    assert windows.window_index(anchor, anchor + day * 3.5, day) == 3
+    assert windows.window_index(anchor, anchor - day * 10, day) == 0  # before the anchor
+
+
+def _renewal(**fields: Any) -> privacybudget.Renewal:
+    return privacybudget.Renewal.model_validate(
+        {"policy": "perDataBlock", "period": "24h", **fields}
+    )
+
+
+def test_windows_count_from_the_declared_anchor_not_the_creation() -> None:
+    from hush.ledger import windows
+
+    created = "2026-11-20T17:45:00Z"
+    renewal = _renewal(anchor="2026-11-01T00:00:00Z")
+    # 21 days and 12 hours after the anchor, 1 day 18:15 after the creation.
+    assert windows.current_window(renewal, created=created, now=NOW) == 21
+    # The window boundary is the anchor's midnight, whatever time the object was created.
+    midnight = datetime.datetime(2026, 11, 23, tzinfo=datetime.UTC)
+    second = datetime.timedelta(seconds=1)
+    assert windows.current_window(renewal, created=created, now=midnight - second) == 21
+    assert windows.current_window(renewal, created=created, now=midnight) == 22
+    # An anchor with an offset and nanoseconds (as Kubernetes may write) is the same instant.
+    shifted = _renewal(anchor="2026-11-01T02:00:00.000000000+02:00")
+    assert windows.current_window(shifted, created=created, now=midnight) == 22
+    # A future anchor: everything before it is window 0 (nothing renews early).
+    future = _renewal(anchor="2027-01-01T00:00:00Z")
+    assert windows.current_window(future, created=created, now=NOW) == 0
+
+
+def test_no_renewal_has_no_window_and_legacy_objects_count_from_their_creation() -> None:
+    from hush.ledger import windows
+
+    none = privacybudget.Renewal()
+    assert windows.current_window(none, created="2026-11-01T00:00:00Z", now=NOW) is None
+    # Stored before anchors were required (the apiserver refuses this spec now).
+    legacy = _renewal()
+    assert windows.current_window(legacy, created="2026-11-20T12:00:00Z", now=NOW) == 2
+    assert windows.current_window(legacy, created=None, now=NOW) is None
+
+
+def test_renewal_periods_under_an_hour_and_bad_anchors_are_refused() -> None:
+    for period in ("1ms", "59m59s", "0.5h"):
+        with pytest.raises(pydantic.ValidationError, match="at least 1h"):
+            _renewal(period=period, anchor="2026-11-01T00:00:00Z")
+    assert _renewal(period="1h", anchor="2026-11-01T00:00:00Z").period == "1h"
+    for anchor in ("2026-11-01", "2026-11-01T00:00:00", "yesterday", "2026-13-01T00:00:00Z"):
+        with pytest.raises(pydantic.ValidationError):
+            _renewal(anchor=anchor)
+
+
+def test_a_renewed_window_refunds_only_at_the_anchored_boundary() -> None:
+    """The accountant's sequence: renew to the current window, then charge."""
+    from hush.ledger import windows
+
+    renewal = _renewal(anchor="2026-11-22T00:00:00Z")
+    working = book.Book(wire.Ledger(), _limits(team_epsilon=0.2))
+    moments = [NOW, NOW + datetime.timedelta(hours=11, minutes=59)]
+    for number, moment in enumerate(moments):
+        window = windows.current_window(renewal, created=None, now=moment)
+        assert window is not None
+        working.renew(window, moment)
+        assert working.charge(_request(f"w0-{number}"), moment).ok
+    assert not working.charge(_request("w0-full"), moments[-1]).ok
+    tomorrow = datetime.datetime(2026, 11, 23, tzinfo=datetime.UTC)
+    window = windows.current_window(renewal, created=None, now=tomorrow)
+    assert window == 1
+    working.renew(window, tomorrow)
+    assert working.charge(_request("w1-a"), tomorrow).ok
+    assert working.snapshot().window == 1

@@ -122,12 +122,50 @@ def test_the_ledger_in_status_is_kept_when_none_is_given(now: datetime.datetime)
 
 
 def test_calendar_renewal_keeps_a_visible_warning(now: datetime.datetime) -> None:
-    spec = _spec(renewal={"policy": "calendar", "period": "24h", "acknowledgeUnboundedLoss": True})
+    spec = _spec(
+        renewal={
+            "policy": "calendar",
+            "period": "24h",
+            "anchor": "2026-01-01T00:00:00Z",
+            "acknowledgeUnboundedLoss": True,
+        }
+    )
     status = privacybudget.evaluate(spec, generation=1, status={}, now=now)
     warning = conditions.find(status.conditions, "UnboundedLifetimeLoss")
     assert warning is not None
     assert warning.status == "True"
     assert _ready(status).status == "True"
+    anchored = conditions.find(status.conditions, "RenewalAnchored")
+    assert anchored is not None
+    assert (anchored.status, anchored.reason) == ("True", "DeclaredAnchor")
+    assert "from 2026-01-01T00:00:00Z" in anchored.message
+
+
+def test_renewal_without_an_anchor_says_to_move_to_an_anchored_budget(
+    now: datetime.datetime,
+) -> None:
+    # Only an object stored before the apiserver required anchors looks like this.
+    spec = _spec(renewal={"policy": "perDataBlock", "period": "720h"})
+    status = privacybudget.evaluate(spec, generation=1, status={}, now=now)
+    anchored = conditions.find(status.conditions, "RenewalAnchored")
+    assert anchored is not None
+    assert (anchored.status, anchored.reason) == ("False", "CreationTimestamp")
+    assert "create a new PrivacyBudget with renewal.anchor" in anchored.message
+    lifetime = privacybudget.evaluate(_spec(), generation=1, status={}, now=now)
+    assert conditions.find(lifetime.conditions, "RenewalAnchored") is None
+
+
+def test_a_renewal_period_under_an_hour_makes_the_budget_invalid(
+    now: datetime.datetime,
+) -> None:
+    spec = _spec(
+        renewal={"policy": "perDataBlock", "period": "1m", "anchor": "2026-01-01T00:00:00Z"}
+    )
+    status = privacybudget.evaluate(spec, generation=1, status={}, now=now)
+    ready = _ready(status)
+    assert (ready.status, ready.reason) == ("False", "InvalidSpec")
+    assert "renewal.period must be at least 1h" in ready.message
+    assert status.state == "Invalid"
 
 
 def test_transition_time_changes_only_when_status_changes(now: datetime.datetime) -> None:

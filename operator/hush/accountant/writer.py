@@ -372,17 +372,12 @@ class BudgetWriter:
         accepted = not budget_status.spec_problems(spec)
         mode_changed = ledger.sequence > 0 and ledger.accounting not in ("", spec.accounting)
         working = book.Book(ledger, self._limits_for(spec))
-        if spec.renewal.policy != "none" and spec.renewal.period and accepted:
-            created = current["metadata"].get("creationTimestamp")
-            if created:
-                working.renew(
-                    windows.window_index(
-                        windows.parse_timestamp(created),
-                        now,
-                        windows.parse_duration(spec.renewal.period),
-                    ),
-                    now,
-                )
+        # Windows count from the declared renewal.anchor (windows.current_window).
+        window = windows.current_window(
+            spec.renewal, created=current["metadata"].get("creationTimestamp"), now=now
+        )
+        if window is not None and accepted:
+            working.renew(window, now)
         outcomes: list[book.Outcome | None] = []
         for pending in batch:
             if pending.operation is None:

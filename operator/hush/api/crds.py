@@ -60,29 +60,8 @@ PRIVACY_BUDGET = ResourceKind(
         "Every charge must fit both its team's quota and the dataset's total."
     ),
     # Transition rules: once something is spent, the totals may not be lowered below it and
-    # the accounting mode may not change (the spent units would change meaning). On an
-    # update of the main resource the apiserver keeps the stored status in `self`, so these
-    # rules see what is spent. Status writes leave spec unchanged and pass trivially.
-    root_rules=(
-        (
-            "!has(self.status) || !has(self.status.ledger) || self.status.ledger.sequence == 0"
-            " || self.spec.accounting == oldSelf.spec.accounting",
-            "spec.accounting cannot change after the first charge: the ledger's amounts are "
-            "in the units of the old mode; create a new PrivacyBudget instead",
-        ),
-        (
-            "self.spec.epsilon >= oldSelf.spec.epsilon || !has(self.status)"
-            " || !has(self.status.ledger)"
-            " || self.spec.epsilon >= self.status.ledger.epsilonSpent",
-            "spec.epsilon cannot be lowered below the epsilon already spent "
-            "(status.ledger.epsilonSpent)",
-        ),
-        (
-            "self.spec.delta >= oldSelf.spec.delta || !has(self.status)"
-            " || !has(self.status.ledger) || self.status.ledger.sequence == 0",
-            "spec.delta cannot be lowered after the first charge",
-        ),
-    ),
+    # neither the accounting mode nor the renewal may change (privacybudget.TRANSITION_RULES).
+    root_rules=privacybudget.TRANSITION_RULES,
     printer_columns=(
         _column("Dataset", ".spec.dataset"),
         _column("Epsilon", ".spec.epsilon", "number"),

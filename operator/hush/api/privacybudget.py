@@ -11,10 +11,19 @@ and the dataset's total, so the quotas are carved out of the total and may not e
 Numbers are JSON numbers on the wire for convenience; every comparison that matters is
 redone in exact decimal arithmetic by the operator (CEL sums are doubles, so CEL allows
 a relative slack of 1e-9 and the operator's exact check has the last word).
+
+Spent budget is never handed back by editing the spec (issue 14, finding 4). The root
+``TRANSITION_RULES`` freeze what gives spent amounts their meaning once anything was spent:
+the accounting mode, the totals (they may only grow), and the renewal (policy, period,
+anchor): a new period or anchor would start a new window at once and refund the old one.
+Renewal windows are counted from a declared ``renewal.anchor`` (the start of the first data
+block), never from the object's creation, and a period is at least ``MINIMUM_RENEWAL_PERIOD``.
 """
 
 from __future__ import annotations
 
+import datetime
+import re
 from typing import Literal
 
 import pydantic
@@ -26,6 +35,50 @@ Accounting = Literal["pure", "zcdp", "rdp"]
 RenewalPolicy = Literal["none", "perDataBlock", "calendar"]
 Enforcement = Literal["block", "warn"]
 BudgetState = Literal["Pending", "Ready", "NearExhaustion", "Exhausted", "Invalid"]
+
+# One hour: the finest partition of real time-partitioned data (hourly tables), and a cap on
+# how fast calendar renewal re-spends the same people (at most 24 windows a day). A period of
+# milliseconds made perDataBlock's "new data" share its people with the previous window's and
+# calendar renewal an endless refund; both were accepted before (issue 14, finding 4).
+MINIMUM_RENEWAL_PERIOD = datetime.timedelta(hours=1)
+_MINIMUM_RENEWAL_PERIOD_TEXT = "1h"
+
+# RFC 3339 with an explicit offset (what kubectl and Kubernetes timestamps look like).
+ANCHOR_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> datetime.timedelta:
+    """A Go-style duration such as ``720h``, ``1h30m`` or ``500ms`` (what CEL's ``duration``
+    reads too)."""
+    position, seconds = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            break
+        seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    if position != len(text) or not text or seconds <= 0:
+        raise ValueError(f"not a positive duration: {text!r} (use e.g. 24h, 30m, 90s)")
+    return datetime.timedelta(seconds=seconds)
+
+
+def parse_timestamp(text: str) -> datetime.datetime:
+    """An RFC 3339 timestamp with an offset (``2026-11-22T12:00:00Z``), timezone-aware."""
+    if not re.match(ANCHOR_PATTERN, text):
+        raise ValueError(f"not an RFC 3339 timestamp with an offset: {text!r}")
+    # fromisoformat takes at most 6 fractional digits; Kubernetes may write 9.
+    whole, _, rest = text.partition(".")
+    if rest:
+        digits = re.match(r"[0-9]+", rest)
+        fraction = digits.group(0) if digits else ""
+        text = f"{whole}.{fraction[:6].ljust(6, '0')}{rest[len(fraction) :]}"
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
 
 _EPSILON_RULES = common.cel(("self > 0.0", "epsilon must be greater than 0"))
 _DELTA_RULES = common.cel(
@@ -50,13 +103,29 @@ class TeamQuota(common.ResourceModel):
 
 
 class Renewal(common.ResourceModel):
-    """When, if ever, spent budget becomes available again."""
+    """When, if ever, spent budget becomes available again.
+
+    Window k covers [anchor + k·period, anchor + (k+1)·period). The whole renewal is frozen
+    once anything was spent (``TRANSITION_RULES``).
+    """
 
     model_config = pydantic.ConfigDict(
         json_schema_extra=common.cel(
             (
                 "self.policy == 'none' || has(self.period)",
                 "renewal.period is required for perDataBlock and calendar renewal (e.g. 720h)",
+            ),
+            (
+                "self.policy == 'none' || has(self.anchor)",
+                "renewal.anchor is required for perDataBlock and calendar renewal: the RFC 3339 "
+                "time at which the first window starts, e.g. the start of the first data block "
+                "(2026-01-01T00:00:00Z); windows are counted from it",
+            ),
+            (
+                f"!has(self.period) || duration(self.period) >= "
+                f"duration('{_MINIMUM_RENEWAL_PERIOD_TEXT}')",
+                f"renewal.period must be at least {_MINIMUM_RENEWAL_PERIOD_TEXT}: shorter "
+                "windows renew the budget faster than data blocks change (use e.g. 24h or 720h)",
             ),
             (
                 "self.policy != 'calendar' || "
@@ -80,12 +149,38 @@ class Renewal(common.ResourceModel):
         default=None,
         pattern=common.DURATION_PATTERN,
         max_length=32,
-        description="Length of a data block or calendar period, e.g. 24h or 720h.",
+        description="Length of a data block or calendar period, at least 1h, e.g. 24h or 720h.",
+    )
+    anchor: str | None = pydantic.Field(
+        default=None,
+        pattern=ANCHOR_PATTERN,
+        max_length=40,
+        description=(
+            "RFC 3339 time at which window 0 starts, e.g. the start of the first data block "
+            "(2026-01-01T00:00:00Z). Required for perDataBlock and calendar renewal."
+        ),
+        json_schema_extra={"format": "date-time"},
     )
     acknowledge_unbounded_loss: bool = pydantic.Field(
         default=False,
         description="Must be true for calendar renewal: the lifetime loss is unbounded.",
     )
+
+    @pydantic.field_validator("period")
+    @classmethod
+    def _period_is_long_enough(cls, period: str | None) -> str | None:
+        # The apiserver refuses these too; an object stored before the rule existed is
+        # refused here, so the operator reports it Invalid instead of renewing every 1ms.
+        if period is not None and parse_duration(period) < MINIMUM_RENEWAL_PERIOD:
+            raise ValueError(f"renewal.period must be at least {_MINIMUM_RENEWAL_PERIOD_TEXT}")
+        return period
+
+    @pydantic.field_validator("anchor")
+    @classmethod
+    def _anchor_is_a_timestamp(cls, anchor: str | None) -> str | None:
+        if anchor is not None:
+            parse_timestamp(anchor)
+        return anchor
 
 
 class PrivacyBudgetSpec(common.ResourceModel):
@@ -198,3 +293,66 @@ class PrivacyBudgetStatus(common.ResourceModel):
         default=None,
         description="Hash-chained record of every charge; only the operator writes it.",
     )
+
+
+# -- transition rules (root level: they read the stored status) ------------------------------
+
+# On an update of the main resource the apiserver keeps the stored status in ``self``, so
+# these rules see what was spent; a write to /status leaves spec unchanged and every rule
+# below passes on its "unchanged" side (CEL's || ignores an error on the other side).
+# "Anything was ever spent", however the status shows it: a ledger entry (sequence counts
+# every charge and renewal and never goes back), lifetime or current units, or the epsilon
+# the status displays. Renewal resets ``spent`` but never ``lifetimeSpent`` or ``sequence``.
+_EVER_SPENT = (
+    "(has(self.status) && has(self.status.ledger) && ("
+    "(has(self.status.ledger.sequence) && self.status.ledger.sequence > 0)"
+    " || (has(self.status.ledger.lifetimeSpent)"
+    " && self.status.ledger.lifetimeSpent.exists(unit, unit != 0))"
+    " || (has(self.status.ledger.spent) && self.status.ledger.spent.exists(unit, unit != 0))"
+    " || (has(self.status.ledger.epsilonSpent) && self.status.ledger.epsilonSpent > 0.0)))"
+    " || (has(self.status) && has(self.status.lifetimeEpsilonSpent)"
+    " && double(self.status.lifetimeEpsilonSpent) > 0.0)"
+    " || (has(self.status) && has(self.status.epsilon)"
+    " && double(self.status.epsilon.spent) > 0.0)"
+)
+
+
+def _renewal_value(obj: str, field: str, absent: str) -> str:
+    return (
+        f"(has({obj}.spec.renewal) && has({obj}.spec.renewal.{field})"
+        f" ? {obj}.spec.renewal.{field} : '{absent}')"
+    )
+
+
+_RENEWAL_UNCHANGED = " && ".join(
+    f"{_renewal_value('self', field, absent)} == {_renewal_value('oldSelf', field, absent)}"
+    for field, absent in (("policy", "none"), ("period", ""), ("anchor", ""))
+)
+
+TRANSITION_RULES: tuple[tuple[str, str], ...] = (
+    (
+        "!has(self.status) || !has(self.status.ledger) || self.status.ledger.sequence == 0"
+        " || self.spec.accounting == oldSelf.spec.accounting",
+        "spec.accounting cannot change after the first charge: the ledger's amounts are "
+        "in the units of the old mode; create a new PrivacyBudget instead",
+    ),
+    (
+        "self.spec.epsilon >= oldSelf.spec.epsilon || !has(self.status)"
+        " || !has(self.status.ledger)"
+        " || self.spec.epsilon >= self.status.ledger.epsilonSpent",
+        "spec.epsilon cannot be lowered below the epsilon already spent "
+        "(status.ledger.epsilonSpent)",
+    ),
+    (
+        "self.spec.delta >= oldSelf.spec.delta || !has(self.status)"
+        " || !has(self.status.ledger) || self.status.ledger.sequence == 0",
+        "spec.delta cannot be lowered after the first charge",
+    ),
+    (
+        f"({_RENEWAL_UNCHANGED}) || !({_EVER_SPENT})",
+        "spec.renewal (policy, period and anchor) cannot change once anything was spent from "
+        "this budget: a new policy, a shorter period or a moved anchor starts a new window and "
+        "would hand spent budget back. Create a new PrivacyBudget with the renewal you want "
+        "(its people's loss still adds to what this one spent)",
+    ),
+)

@@ -1,41 +1,54 @@
 """Renewal windows: which period a moment falls in, for calendar and perDataBlock renewal.
 
-Window 0 starts when the PrivacyBudget was created; window k covers
-[created + k·period, created + (k+1)·period). The accountant renews the ledger (see
-``Book.renew``) when it first handles an operation in a later window.
+Window k covers [anchor + k·period, anchor + (k+1)·period), where the anchor is the time the
+privacy owner declared in ``spec.renewal.anchor`` (for perDataBlock, the start of the first
+data block: windows must line up with the data's partitions, or a "new" window reads people
+of the previous one). Moments before the anchor are in window 0. The accountant renews the
+ledger (see ``Book.renew``) when it first handles an operation in a later window; the ledger
+remembers its window, so windows only move forward.
+
+Windows used to count from the object's ``creationTimestamp``, which no data block lines up
+with (issue 14, finding 4). An object stored before ``anchor`` existed keeps that origin
+(``renewal_anchor``): its renewal can no longer change once spent, so nothing is refunded by
+it, and its status says to move to an anchored budget.
 """
 
 from __future__ import annotations
 
 import datetime
-import re
 
-_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+from hush.api import privacybudget
 
-
-def parse_duration(text: str) -> datetime.timedelta:
-    """A Go-style duration such as ``720h``, ``1h30m`` or ``500ms``."""
-    position, seconds = 0, 0.0
-    for match in _PART.finditer(text):
-        if match.start() != position:
-            break
-        seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        position = match.end()
-    if position != len(text) or not text or seconds <= 0:
-        raise ValueError(f"not a positive duration: {text!r} (use e.g. 24h, 30m, 90s)")
-    return datetime.timedelta(seconds=seconds)
-
-
-def parse_timestamp(text: str) -> datetime.datetime:
-    """A Kubernetes RFC 3339 timestamp (``2026-11-22T12:00:00Z``)."""
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+# Parsing lives with the resource model (the model validates both); re-exported for callers
+# that only think in windows.
+parse_duration = privacybudget.parse_duration
+parse_timestamp = privacybudget.parse_timestamp
 
 
 def window_index(
-    created: datetime.datetime, now: datetime.datetime, period: datetime.timedelta
+    anchor: datetime.datetime, now: datetime.datetime, period: datetime.timedelta
 ) -> int:
-    """The renewal window ``now`` falls in (0 before or at creation)."""
-    if now <= created:
+    """The renewal window ``now`` falls in (0 before or at the anchor)."""
+    if now <= anchor:
         return 0
-    return int((now - created) // period)
+    return int((now - anchor) // period)
+
+
+def renewal_anchor(renewal: privacybudget.Renewal, created: str | None) -> datetime.datetime | None:
+    """Where window 0 starts: the declared anchor, else (objects stored before anchors were
+    required) the creation time; None when the budget does not renew."""
+    if renewal.policy == "none" or renewal.period is None:
+        return None
+    if renewal.anchor is not None:
+        return parse_timestamp(renewal.anchor)
+    return parse_timestamp(created) if created else None
+
+
+def current_window(
+    renewal: privacybudget.Renewal, *, created: str | None, now: datetime.datetime
+) -> int | None:
+    """The window ``now`` falls in under ``renewal``; None when the budget does not renew."""
+    anchor = renewal_anchor(renewal, created)
+    if anchor is None or renewal.period is None:
+        return None
+    return window_index(anchor, now, parse_duration(renewal.period))

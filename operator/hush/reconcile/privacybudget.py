@@ -29,6 +29,7 @@ READY = "Ready"
 NEAR_EXHAUSTION = "NearExhaustion"
 EXHAUSTED = "Exhausted"
 UNBOUNDED_LOSS = "UnboundedLifetimeLoss"
+RENEWAL_ANCHORED = "RenewalAnchored"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -247,6 +248,28 @@ def evaluate(
             f"{amounts.display(lifetime_epsilon or decimal.Decimal(0))}). Prefer "
             "renewal.policy perDataBlock",
         )
+
+    if parsed.renewal.policy != "none":
+        # The apiserver requires an anchor for renewal; only an object stored before that
+        # rule lacks one, and its windows still count from its creation (ledger.windows).
+        if parsed.renewal.anchor is not None:
+            updated = condition(
+                updated,
+                RENEWAL_ANCHORED,
+                "True",
+                "DeclaredAnchor",
+                f"Windows of {parsed.renewal.period} count from {parsed.renewal.anchor}",
+            )
+        else:
+            updated = condition(
+                updated,
+                RENEWAL_ANCHORED,
+                "False",
+                "CreationTimestamp",
+                f"Windows of {parsed.renewal.period} count from the object's creation, which no "
+                "data block lines up with; the renewal cannot change once spent, so create a "
+                "new PrivacyBudget with renewal.anchor set to the start of a data block",
+            )
 
     if state == "Ready":
         if exhausted:
