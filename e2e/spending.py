@@ -1,4 +1,8 @@
-"""What every spending test needs: a budget, a policy with one count route, a pod-bound token.
+"""What every spending test needs: a budget, a policy with one count route, a pod-bound token,
+and the body of a charge.
+
+A charge names the policy, the route and the policy hash baked into the pod, nothing else:
+the accountant prices the route from the policy (docs/design/0018, "Wire").
 
 Shared by the accountant, takeover and sidecar e2e tests and by ``bench/bench_accountant.py``
 so that they all exercise the same objects the same way.
@@ -13,6 +17,7 @@ from kubernetes import client
 from hush.api import ledger as wire
 
 import hush_resources
+import waiting
 
 AUDIENCE = "hush-accountant"
 TEAM = "analytics"
@@ -99,3 +104,24 @@ def pod_bound_token(api_client: client.ApiClient, namespace: str, policy: str) -
 def ledger(api_client: client.ApiClient, namespace: str, budget: str) -> wire.Ledger:
     found = hush_resources.get(api_client, namespace, "PrivacyBudget", budget)
     return wire.Ledger.model_validate(found["status"]["ledger"])
+
+
+def policy_hash(api_client: client.ApiClient, namespace: str, policy: str) -> str:
+    """The DPPolicy's hash once the operator has computed it (what a pod would bake)."""
+    found = waiting.wait_for(
+        lambda: (
+            hush_resources.get(api_client, namespace, "DPPolicy", policy)
+            .get("status", {})
+            .get("policyHash")
+        ),
+        timeout=60,
+        description=f"DPPolicy {namespace}/{policy} to be hashed by the operator",
+    )
+    return str(found)
+
+
+def charge_body(
+    request_id: str, policy: str, policy_hash: str, *, route: str = COUNT_ROUTE
+) -> dict[str, str]:
+    """The body of ``POST /v1/charge``: which release, under which policy and route."""
+    return {"requestId": request_id, "policy": policy, "route": route, "policyHash": policy_hash}
