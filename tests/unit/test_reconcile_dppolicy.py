@@ -215,3 +215,132 @@ def dppolicy_reconcile_for_image_test() -> Any:
             ],
         }
     )
+
+
+# -- the declared shape (docs/design/0018) ----------------------------------------------------
+
+COUNT = {"path": "$.regions.*.count", "kind": "count"}
+PURE_BUDGET_WITH_DELTA = privacybudget.summarise(
+    {
+        "dataset": "census",
+        "epsilon": 1.0,
+        "delta": 1e-6,
+        "accounting": "pure",
+        "quotas": [{"team": "analytics", "epsilon": 0.5, "delta": 1e-6}],
+    }
+)
+
+
+def test_a_wildcard_without_a_domain_is_not_ready_with_the_fix() -> None:
+    status, reason, message = _ready(_spec(fields=[COUNT]))
+    assert (status, reason) == ("False", "DomainMissing")
+    assert "$.regions.*" in message
+    assert "domains" in message
+
+
+def test_a_wildcard_with_fixed_keys_is_ready() -> None:
+    spec = _spec(fields=[COUNT], domains=[{"path": "$.regions.*", "keys": ["north", "south"]}])
+    assert _ready(spec)[:2] == ("True", "Accepted")
+
+
+def test_a_domain_no_field_uses_is_an_error() -> None:
+    spec = _spec(domains=[{"path": "$.regions.*", "keys": ["north"]}])
+    status, reason, message = _ready(spec)
+    assert (status, reason) == ("False", "DomainUnused")
+    assert "$.regions.*" in message
+
+
+@pytest.mark.parametrize(
+    ("constants", "fields"),
+    [
+        ([{"path": "$.total", "value": "EUR"}], None),  # a constant on a field
+        ([{"path": "$.unit", "value": "a"}, {"path": "$.unit.x", "value": "b"}], None),
+        ([{"path": "$.regions.north", "value": "x"}], [COUNT]),  # inside a wildcard's map
+    ],
+)
+def test_colliding_paths_are_not_ready(
+    constants: list[dict[str, str]], fields: list[dict[str, Any]] | None
+) -> None:
+    overrides: dict[str, Any] = {"constants": constants}
+    if fields is not None:
+        overrides["fields"] = fields
+        overrides["domains"] = [{"path": "$.regions.*", "keys": ["north"]}]
+    status, reason, message = _ready(_spec(**overrides))
+    assert (status, reason) == ("False", "PathsCollide")
+    assert "same place" in message
+
+
+def test_constants_beside_fields_are_ready() -> None:
+    spec = _spec(constants=[{"path": "$.unit", "value": "EUR"}, {"path": "$.meta.v", "value": "1"}])
+    assert _ready(spec)[:2] == ("True", "Accepted")
+
+
+def test_a_field_may_not_replace_a_keyed_arrays_key_field() -> None:
+    spec = _spec(
+        fields=[{"path": "$.groups[*].name", "kind": "count"}],
+        domains=[{"path": "$.groups[*]", "keyField": "name", "keys": ["a"]}],
+    )
+    status, reason, message = _ready(spec)
+    assert (status, reason) == ("False", "PathsCollide")
+    assert "keyField name" in message
+
+
+def test_partition_selection_needs_a_count_to_select_by() -> None:
+    spec = _spec(
+        delta=1e-7,
+        fields=[{"path": "$.regions.*.total", "kind": "sum", "bounds": {"lower": 0, "upper": 5}}],
+        domains=[{"path": "$.regions.*", "partitionSelection": {}}],
+    )
+    status, reason, message = _ready(spec, budget=PURE_BUDGET_WITH_DELTA)
+    assert (status, reason) == ("False", "SelectionCountMissing")
+    assert "$.regions.*.count" in message
+
+
+def test_partition_selection_is_ready_under_pure_accounting_only() -> None:
+    spec = _spec(
+        delta=1e-7, fields=[COUNT], domains=[{"path": "$.regions.*", "partitionSelection": {}}]
+    )
+    assert _ready(spec, budget=PURE_BUDGET_WITH_DELTA)[:2] == ("True", "Accepted")
+    zcdp = privacybudget.summarise(
+        {
+            "dataset": "census",
+            "epsilon": 1.0,
+            "delta": 1e-6,
+            "accounting": "zcdp",
+            "quotas": [{"team": "analytics", "epsilon": 0.5, "delta": 1e-6}],
+        }
+    )
+    status, reason, message = _ready(spec, budget=zcdp)
+    assert (status, reason) == ("False", "PartitionSelectionNeedsPureAccounting")
+    assert "accounting: pure" in message
+
+
+def test_partition_selection_below_another_wildcard_is_refused() -> None:
+    spec = _spec(
+        delta=1e-7,
+        fields=[{"path": "$.days[*].regions.*.count", "kind": "count"}],
+        domains=[
+            {"path": "$.days[*]", "length": 7},
+            {"path": "$.days[*].regions.*", "partitionSelection": {}},
+        ],
+    )
+    status, reason, _ = _ready(spec, budget=PURE_BUDGET_WITH_DELTA)
+    assert (status, reason) == ("False", "PartitionSelectionNested")
+
+
+def test_a_mean_and_its_count_must_share_their_wildcards() -> None:
+    spec = _spec(
+        fields=[
+            {
+                "path": "$.regions.*.mean",
+                "kind": "mean",
+                "bounds": {"lower": 0, "upper": 9},
+                "countPath": "$.people",
+            },
+            {"path": "$.people", "kind": "count"},
+        ],
+        domains=[{"path": "$.regions.*", "keys": ["a"]}],
+    )
+    status, reason, message = _ready(spec)
+    assert (status, reason) == ("False", "MeanCountNotCovered")
+    assert "paired key by key" in message

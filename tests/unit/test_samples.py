@@ -9,7 +9,8 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from hush.api import crds
+from hush.api import crds, dppolicy
+from hush.privacy import route_cost
 from tests import samples
 
 SPEC_MODELS = {resource.kind: resource.spec_model for resource in crds.KINDS}
@@ -67,3 +68,18 @@ def _nested_models(annotation: object) -> list[type[pydantic.BaseModel]]:
     for argument in getattr(annotation, "__args__", ()):
         nested += _nested_models(argument)
     return nested
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [sample for sample in samples.load("valid") if sample.manifest["kind"] == "DPPolicy"],
+    ids=lambda sample: sample.id,
+)
+def test_valid_policies_declare_the_shape_they_release(sample: samples.Sample) -> None:
+    """Every wildcard has its domain, nothing collides (only a quantile may be not Ready)."""
+    spec = dppolicy.DPPolicySpec.model_validate(sample.manifest["spec"])
+    for route in spec.routes:
+        reasons = {reason for reason, _ in route_cost.route_problems(route)}
+        assert reasons <= {"QuantileUnsupported"}, (route.path, route_cost.route_problems(route))
+        if not reasons:
+            route_cost.route_plan(route)  # and it can be planned

@@ -3,10 +3,13 @@
 A policy is ``Ready`` when its spec parses, the ``PrivacyBudget`` it names exists in the
 same namespace and is accepted, that budget has a quota for the policy's team, one release
 of every route fits in that quota, no field understates its sensitivity, every ``mean``
-divides by a ``count`` field of its own route, and no field is a ``quantile`` (the sidecar
+divides by a ``count`` field of its own route, no field is a ``quantile`` (the sidecar
 cannot release one soundly from an aggregate answer; see
-docs/design/0010-sidecar-means-and-quantiles.md). Each failure is a ``Ready=False`` reason
-with a message that says how to fix it.
+docs/design/0010-sidecar-means-and-quantiles.md), and the route declares the shape of what
+it releases (docs/design/0018-release-built-from-the-policy.md): every wildcard of a field
+path has exactly one domain, every domain is used, no two constant or field paths collide,
+partition selection has a count to select by (and pure accounting, which records its delta).
+Each failure is a ``Ready=False`` reason with a message that says how to fix it.
 
 The policy hash is SHA-256 over the canonical JSON of the *normalised* spec (defaults
 filled in, keys sorted), so that spelling a default out, or reordering YAML keys, does not
@@ -24,7 +27,7 @@ from typing import Any
 import pydantic
 
 from hush.api import dppolicy
-from hush.privacy import amounts, sensitivity
+from hush.privacy import amounts, route_cost, sensitivity
 from hush.reconcile import conditions as conditions_module
 from hush.reconcile import privacybudget as budget_module
 
@@ -57,63 +60,51 @@ def policy_hash(spec: dppolicy.DPPolicySpec, sidecar_image: str = "") -> str:
 
 
 def _field_problem(route: dppolicy.Route, field: dppolicy.Field) -> tuple[str, str] | None:
-    """(reason, message) when ``field`` cannot be released soundly, else None."""
-    where = f"Field {field.path} of route {route.path}"
-    if field.kind == "quantile":
-        return (
-            "QuantileUnsupported",
-            f"{where} is a quantile, which the sidecar cannot release: it sees only the "
-            "application's aggregate answer, and a differentially private quantile needs the "
-            "data itself. Publish a histogram over fixed bins (kind histogram) and read the "
-            "quantile from the noisy histogram, or a mean (kind mean with countPath)",
-        )
+    """(reason, message) when ``field`` understates its sensitivity, else None."""
     if sensitivity.understated(field):
         return (
             "SensitivityUnderstated",
-            f"{where} declares sensitivity {field.sensitivity}, below the "
-            f"{amounts.display(sensitivity.derived(field))} that its kind, bounds and "
-            "contributionsPerIndividual imply: remove spec sensitivity or raise it",
+            f"Field {field.path} of route {route.path} declares sensitivity "
+            f"{field.sensitivity}, below the {amounts.display(sensitivity.derived(field))} "
+            "that its kind, bounds and contributionsPerIndividual imply: remove spec "
+            "sensitivity or raise it",
         )
-    if field.kind == "mean":
-        problem = mean_count_problem(route, field)
-        if problem is not None:
-            return ("MeanCountNotCovered", problem)
     return None
 
 
-def mean_count_field(route: dppolicy.Route, mean: dppolicy.Field) -> int | None:
-    """The index in ``route.fields`` of the ``count`` field that ``mean`` divides by."""
-    for index, other in enumerate(route.fields):
-        if other.kind == "count" and other.path == mean.count_path:
-            return index
-    return None
+# Moved to hush.privacy.route_cost (the sidecar and the accountant need them below this
+# layer); kept here under their old names for callers of this module.
+mean_count_field = route_cost.mean_count_field
+mean_count_problem = route_cost.mean_count_problem
 
 
-def mean_count_problem(route: dppolicy.Route, mean: dppolicy.Field) -> str | None:
-    """Why ``mean`` cannot be released from its route's answer, or None.
+def route_problem(route: dppolicy.Route, accounting: str) -> tuple[str, str] | None:
+    """The first reason no answer of ``route`` can be released soundly, or None.
 
-    A mean is released as noisy sum / noisy count, and the count is the route's own
-    ``count`` field at ``countPath`` (noised once, released consistently with the mean).
-    The sidecar refuses such a route with this same message.
+    The shape checks (every wildcard has exactly one domain, no domain is unused, no two
+    paths collide, a mean divides by a count of the same shape, partition selection has a
+    count to select by; ``route_cost.route_problems``), the sensitivity check, and partition
+    selection only under pure accounting (zCDP and RDP convert the noise alone and would drop
+    the threshold's delta).
     """
-    where = f"Field {mean.path} of route {route.path}"
-    if mean.bounds is None or mean.count_path is None:
-        return f"{where} is a mean without bounds or countPath: set both"
-    index = mean_count_field(route, mean)
-    if index is None:
+    problems = route_cost.route_problems(route)
+    if problems:
+        return problems[0]
+    for field in route.fields:
+        problem = _field_problem(route, field)
+        if problem is not None:
+            return problem
+    if accounting != "pure" and route_cost.threshold_delta(route) > 0:
         return (
-            f"{where} is a mean whose countPath {mean.count_path} is not a count field of "
-            f"the same route: add {{path: {mean.count_path}, kind: count}} to the route's "
-            "fields, so that the count is noised and the mean divides by the noisy count"
+            "PartitionSelectionNeedsPureAccounting",
+            f"Route {route.path} uses partitionSelection, whose threshold spends delta that "
+            f"{accounting} accounting does not record: use fixed keys (domains[].keys), or a "
+            "PrivacyBudget with accounting: pure",
         )
-    count = route.fields[index]
-    if count.contributions_per_individual < mean.contributions_per_individual:
-        return (
-            f"{where} is a mean over rows of which one person contributes up to "
-            f"{mean.contributions_per_individual}, but its count field {count.path} "
-            f"declares only {count.contributions_per_individual}: the count counts the "
-            "same rows, so raise the count's contributionsPerIndividual"
-        )
+    try:
+        route_cost.route_plan(route)
+    except route_cost.RouteError as error:
+        return (error.reason, str(error))
     return None
 
 
@@ -155,10 +146,9 @@ def _readiness(
                 f"quota (epsilon {amounts.display(quota.epsilon)}, delta "
                 f"{amounts.display(quota.delta)}): lower the route's cost or raise the quota",
             )
-        for field in route.fields:
-            problem = _field_problem(route, field)
-            if problem is not None:
-                return (False, *problem)
+        problem = route_problem(route, budget.accounting)
+        if problem is not None:
+            return (False, *problem)
     return (
         True,
         "Accepted",
