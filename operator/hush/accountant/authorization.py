@@ -7,7 +7,9 @@ The caller may charge only:
 - under the policy that its pod's ``hush.dev/policy`` annotation names,
 - in the pod's own namespace (policies and budgets are namespaced),
 - the budget and team that policy's ``budgetRef`` names,
-- a route of that policy, with exactly that route's mechanism, epsilon and delta.
+- a route that policy declares.
+What a release of that route costs is not the caller's to say: ``pricing`` computes it from
+the policy (the request carries no cost at all).
 A token without a bound pod, for another audience, of a deleted pod or of a pod recreated
 under the same name (uid mismatch) is refused.
 """
@@ -17,9 +19,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
-
-from hush.accountant import protocol
-from hush.privacy import amounts
 
 POLICY_ANNOTATION = "hush.dev/policy"
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
@@ -118,24 +117,16 @@ def grant_for(caller: Caller, policy_name: str, policy: Mapping[str, Any] | None
     )
 
 
-def check_route(policy: Mapping[str, Any], request: protocol.SpendRequest) -> None:
-    """The release must be one the policy declares, at exactly the declared cost."""
+def check_route(policy_name: str, policy: Mapping[str, Any], route: str) -> Mapping[str, Any]:
+    """The policy's declaration of ``route`` (its spec, as stored), or ``DeniedError``."""
     routes = (policy.get("spec") or {}).get("routes") or []
-    route = next((item for item in routes if item.get("path") == request.route), None)
-    if route is None:
-        raise DeniedError(f"Policy {request.policy} has no route {request.route}")
-    declared_epsilon = amounts.exact(route.get("epsilon", 0))
-    declared_delta = amounts.exact(route.get("delta", 0))
-    if route.get("mechanism") != request.mechanism:
-        raise DeniedError(
-            f"Route {request.route} uses {route.get('mechanism')}, not {request.mechanism}"
-        )
-    if request.epsilon != declared_epsilon or request.delta != declared_delta:
-        raise DeniedError(
-            f"Route {request.route} releases at epsilon {amounts.display(declared_epsilon)}, "
-            f"delta {amounts.display(declared_delta)}; the request declared "
-            f"{amounts.display(request.epsilon)}, {amounts.display(request.delta)}"
-        )
+    declared = next(
+        (item for item in routes if isinstance(item, Mapping) and item.get("path") == route),
+        None,
+    )
+    if declared is None:
+        raise DeniedError(f"Policy {policy_name} has no route {route}")
+    return declared
 
 
 def current_policy_hash(policy: Mapping[str, Any]) -> str | None:

@@ -1,19 +1,16 @@
 """The accountant's wire protocol: what a sidecar sends and what it gets back.
 
-Amounts travel as JSON numbers or decimal strings and are read exactly (``amounts.exact``).
-The request names the policy and route it releases under; the accountant checks both
-against the pod that sent it, so a caller can only charge what its own policy allows.
+A charge names only the release (``requestId``), the policy and route it releases under and
+the policy hash baked into the pod: nothing the sidecar could misreport. The accountant reads
+the route from the DPPolicy and computes the cost itself (``hush.privacy.route_cost``); a body
+that carries a mechanism, epsilon, delta, sensitivity or scale is malformed (``extra=forbid``:
+400), so a sidecar cannot even suggest a cost (docs/design/0018, "Wire").
 """
 
 from __future__ import annotations
 
-import decimal
-from typing import Literal
-
 import pydantic
 from pydantic import alias_generators
-
-from hush.privacy import amounts
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 
@@ -27,49 +24,17 @@ class _Message(pydantic.BaseModel):
     )
 
 
-Amount = decimal.Decimal
-
-
-def _exact(value: object) -> decimal.Decimal:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str, decimal.Decimal)):
-        raise ValueError("must be a number or a decimal string")
-    try:
-        result = amounts.exact(value)
-    except (decimal.InvalidOperation, ValueError) as error:
-        raise ValueError("must be a number or a decimal string") from error
-    if not result.is_finite() or result < 0:
-        raise ValueError("must be a finite, non-negative number")
-    return result
-
-
 class SpendRequest(_Message):
-    """Reserve (or charge) the cost of one release under a policy's route."""
+    """Charge one release of a policy's route; the cost is the route's, read from the policy."""
 
     request_id: str = pydantic.Field(pattern=REQUEST_ID_PATTERN)
     policy: str = pydantic.Field(min_length=1, max_length=253)
     route: str = pydantic.Field(min_length=1, max_length=512)
-    mechanism: Literal["laplace", "gaussian", "discreteLaplace", "discreteGaussian"]
-    epsilon: Amount
-    delta: Amount
-    sensitivity: Amount
-    scale: Amount
-    policy_hash: str | None = pydantic.Field(
-        default=None,
+    policy_hash: str = pydantic.Field(
+        min_length=1,
         max_length=80,
         description="The policy hash baked into the pod; a stale one is refused (409).",
     )
-
-    @pydantic.field_validator("epsilon", "delta", "sensitivity", "scale", mode="before")
-    @classmethod
-    def _read_exactly(cls, value: object) -> decimal.Decimal:
-        return _exact(value)
-
-
-class CloseRequest(_Message):
-    """Commit or release a reservation."""
-
-    request_id: str = pydantic.Field(pattern=REQUEST_ID_PATTERN)
-    policy: str = pydantic.Field(min_length=1, max_length=253)
 
 
 class Answer(_Message):

@@ -1,19 +1,24 @@
-"""The accountant's HTTPS endpoint (aiohttp): authenticate, authorise, queue, answer.
+"""The accountant's HTTPS endpoint (aiohttp): authenticate, authorise, price, queue, answer.
 
 Routes (JSON bodies, see ``protocol``):
-- ``POST /v1/reserve``  reserve the cost of one release (counts as spent until released)
-- ``POST /v1/commit``   the release happened; the cost stays spent
-- ``POST /v1/release``  the answer was never released; refund the reservation
-- ``POST /v1/charge``   reserve and commit in one step
+- ``POST /v1/charge``  charge one release of a route: ``{requestId, policy, route,
+  policyHash}``. The cost is the route's, computed here from the DPPolicy (``pricing``);
+  the sidecar sends no numbers. The answer is sent only once the charge is durable, and the
+  sidecar calls its upstream only after it. There is no reserve, commit or release (refund)
+  on the wire: once the upstream may have been consulted, nothing can give the cost back
+  (docs/design/0018, "Wire").
 - ``GET /v1/policy-status?policy=<name>&policyHash=<baked>``  is the caller's baked policy
   hash still the DPPolicy's? (read-only, so standby replicas answer it too; sidecars poll it
   and turn not-ready when stale, before any charge is refused)
 - ``GET /healthz``, ``GET /readyz``
 
-Status codes: 200 done; 400 malformed request; 401 bad token; 403 not allowed for this
-caller; 404 unknown policy or budget; 409 reservation in another state; 429 budget
-exhausted; 503 budget unavailable (retry). Every refusal has a JSON body whose ``message``
-says what is wrong. The caller's token is never logged.
+Status codes: 200 charged (or a retry of a charged request id); 400 malformed request
+(including a body that carries a cost); 401 bad token; 403 not allowed for this caller (or
+a route the policy does not declare); 404 unknown policy or budget; 409 stale policy hash, a
+route that cannot be priced, a route with partition selection charged to a zCDP or RDP
+budget (the threshold's delta would go uncounted), or a request id that was refunded under
+the old protocol; 429 budget exhausted; 503 budget unavailable or standby replica (retry). Every refusal has a
+JSON body whose ``message`` says what is wrong. The caller's token is never logged.
 """
 
 from __future__ import annotations
@@ -22,17 +27,17 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import pydantic
 from aiohttp import web
 
-from hush.accountant import authorization, protocol, writer
+from hush.accountant import authorization, pricing, protocol, writer
 from hush.api import ledger as wire
 from hush.ledger import book
 from hush.observability import metrics
-from hush.privacy import accounting, amounts
+from hush.privacy import amounts
 
 logger = logging.getLogger(__name__)
 
@@ -55,19 +60,14 @@ class Cluster(Protocol):
     async def read_policy(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
 
 
-_OUTCOME_STATUS = {
+_OUTCOME_STATUS: dict[book.OutcomeCode, int] = {
     "granted": 200,
-    "committed": 200,
-    "released": 200,
     "duplicate": 200,
+    "already-released": 409,
     "exhausted": 429,
     "no-quota": 403,
-    "wrong-team": 403,
-    "unknown-request": 404,
-    "already-committed": 409,
-    "already-released": 409,
-    "too-many-reservations": 503,
     "under-noised": 422,
+    "unaccountable": 409,
 }
 
 
@@ -110,15 +110,13 @@ class Accountant:
         self._is_leader = is_leader
         self._identities: dict[bytes, tuple[float, authorization.Caller, str]] = {}
         self._policies: dict[tuple[str, str], tuple[float, Mapping[str, Any] | None]] = {}
+        self._prices = pricing.Prices()
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024)
         app.add_routes(
             [
-                web.post("/v1/reserve", self._spend_handler("reserve")),
-                web.post("/v1/charge", self._spend_handler("charge")),
-                web.post("/v1/commit", self._close_handler("commit")),
-                web.post("/v1/release", self._close_handler("release")),
+                web.post("/v1/charge", self._charge),
                 web.get("/v1/policy-status", self._policy_status),
                 web.get("/healthz", self._healthz),
                 web.get("/readyz", self._readyz),
@@ -207,80 +205,53 @@ class Accountant:
         )
         return web.json_response(answer.model_dump(mode="json", by_alias=True))
 
-    def _spend_handler(self, action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handle(request: web.Request) -> web.Response:
-            if not self._is_leader():
-                return _refusal(503, "standby", "This replica is not the active accountant")
-            try:
-                body = _parse(protocol.SpendRequest, await request.read())
-                grant, policy = await self._grant(request, body.policy, body.policy_hash)
-                # Staleness first: a pod whose route changed with the policy must learn that
-                # it is stale (409, and it stops releasing), not that its cost is wrong.
-                authorization.check_policy_hash(policy, body.policy_hash)
-                authorization.check_route(policy, body)
-            except _REFUSED as error:
-                return _refusal_for(error)
-            charge = book.ChargeRequest(
-                request_id=body.request_id,
-                consumer=_consumer(grant.namespace, grant.pod, grant.policy, grant.team),
-                release=accounting.Release(
-                    mechanism=body.mechanism,
-                    epsilon=body.epsilon,
-                    delta=body.delta,
-                    sensitivity=body.sensitivity,
-                    scale=body.scale,
-                ),
-            )
-
-            def operation(working: book.Book, now: Any) -> book.Outcome:
-                if action == "reserve":
-                    return working.reserve(charge, now)
-                return working.charge(charge, now)
-
-            started = time.perf_counter()
-            response = await self._submit(grant, operation, action)
-            metrics.CHARGE_LATENCY.labels(action).observe(time.perf_counter() - started)
-            if response.status == 200 and action in ("reserve", "charge"):
-                metrics.EPSILON_CHARGED.labels(grant.namespace, grant.budget, grant.team).inc(
-                    float(body.epsilon)
-                )
-            return response
-
-        return handle
-
-    def _close_handler(self, action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handle(request: web.Request) -> web.Response:
-            if not self._is_leader():
-                return _refusal(503, "standby", "This replica is not the active accountant")
-            try:
-                body = _parse(protocol.CloseRequest, await request.read())
-                grant, _ = await self._grant(request, body.policy)
-            except _REFUSED as error:
-                return _refusal_for(error)
-
-            def operation(working: book.Book, now: Any) -> book.Outcome:
-                if action == "commit":
-                    return working.commit(body.request_id, grant.team, now)
-                return working.release(body.request_id, grant.team, now)
-
-            return await self._submit(grant, operation, action)
-
-        return handle
-
-    async def _submit(
-        self, grant: authorization.Grant, operation: writer.Operation, action: str
-    ) -> web.Response:
-        budget_writer = self._writers.writer(grant.namespace, grant.budget)
+    async def _charge(self, request: web.Request) -> web.Response:
+        if not self._is_leader():
+            return _refusal(503, "standby", "This replica is not the active accountant")
         try:
-            outcome = await budget_writer.submit(operation)
+            body = _parse(await request.read())
+            grant, policy = await self._grant(request, body.policy, body.policy_hash)
+            # Staleness first: a pod whose route changed with the policy must learn that it
+            # is stale (409, and it stops releasing), not that its route is gone.
+            authorization.check_policy_hash(policy, body.policy_hash)
+            route = authorization.check_route(body.policy, policy, body.route)
+            price = self._prices.price(grant.namespace, body.policy, policy, route)
+        except _REFUSED as error:
+            return _refusal_for(error)
+        release = price.release
+        charge = book.ChargeRequest(
+            request_id=body.request_id,
+            consumer=_consumer(grant.namespace, grant.pod, grant.policy, grant.team),
+            release=release,
+        )
+
+        def operation(working: book.Book, now: Any) -> book.Outcome:
+            if price.selection_delta and working.mode != "pure":
+                # zCDP and RDP convert the noise's loss only; the threshold's delta would go
+                # uncounted (hush.privacy.route_cost, "Partition selection").
+                return book.Outcome(
+                    code="unaccountable",
+                    ok=False,
+                    message=f"Policy {body.policy} route {body.route} selects keys by partition "
+                    f"selection, whose delta {working.mode} accounting does not count: charge "
+                    "it to a budget with pure accounting",
+                )
+            return working.charge(charge, now)
+
+        labels = (grant.namespace, grant.budget, grant.team, "charge")
+        started = time.perf_counter()
+        try:
+            outcome = await self._writers.writer(grant.namespace, grant.budget).submit(operation)
         except writer.BudgetUnavailableError as error:
-            metrics.CHARGES.labels(
-                grant.namespace, grant.budget, grant.team, action, "unavailable"
-            ).inc()
+            metrics.CHARGES.labels(*labels, "unavailable").inc()
             return _refusal(error.status, "unavailable", str(error))
-        metrics.CHARGES.labels(
-            grant.namespace, grant.budget, grant.team, action, outcome.code
-        ).inc()
+        finally:
+            metrics.CHARGE_LATENCY.labels("charge").observe(time.perf_counter() - started)
+        metrics.CHARGES.labels(*labels, outcome.code).inc()
+        if outcome.code == "granted":  # a retry ("duplicate") was counted the first time
+            metrics.EPSILON_CHARGED.labels(grant.namespace, grant.budget, grant.team).inc(
+                float(release.epsilon)
+            )
         remaining = outcome.team_epsilon_remaining
         return _answer(
             _OUTCOME_STATUS[outcome.code],
@@ -312,13 +283,10 @@ def _refusal_for(error: Exception) -> web.Response:
     return _refusal(400, "bad-request", str(error))
 
 
-_Message = TypeVar("_Message", protocol.SpendRequest, protocol.CloseRequest)
-
-
-def _parse(model: type[_Message], body: bytes) -> _Message:
+def _parse(body: bytes) -> protocol.SpendRequest:
     """The request body read straight from its JSON bytes by pydantic (no dict in between)."""
     try:
-        return model.model_validate_json(body)
+        return protocol.SpendRequest.model_validate_json(body)
     except pydantic.ValidationError as error:
         if any(problem["type"] == "json_invalid" for problem in error.errors()):
             raise _BadRequestError("The body is not JSON") from None

@@ -46,6 +46,7 @@ OutcomeCode = Literal[
     "exhausted",
     "no-quota",
     "under-noised",
+    "unaccountable",
 ]
 
 
@@ -212,6 +213,11 @@ class Book:
             over_budget=over_budget,
             team_epsilon_remaining=self.team_epsilon_remaining(team),
         )
+
+    @property
+    def mode(self) -> accounting.Mode:
+        """The budget's accounting mode (what the costs are in)."""
+        return self._accountant.mode
 
     @property
     def window(self) -> int:
