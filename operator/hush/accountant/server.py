@@ -17,8 +17,9 @@ Status codes: 200 charged (or a retry of a charged request id); 400 malformed re
 a route the policy does not declare); 404 unknown policy or budget; 409 stale policy hash, a
 route that cannot be priced, a route with partition selection charged to a zCDP or RDP
 budget (the threshold's delta would go uncounted), or a request id that was refunded under
-the old protocol; 429 budget exhausted; 503 budget unavailable or standby replica (retry). Every refusal has a
-JSON body whose ``message`` says what is wrong. The caller's token is never logged.
+the old protocol; 429 budget exhausted; 503 budget unavailable or standby replica (retry).
+Every refusal has a JSON body whose ``message`` says what is wrong. The caller's token is
+never logged.
 """
 
 from __future__ import annotations
