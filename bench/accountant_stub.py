@@ -6,16 +6,17 @@ Usage: bench/accountant_stub.py --port N --cert CHAIN --key KEY --token-file PAT
 Why a stub: the real accountant lives in the operator, needs a kube-apiserver, and its own
 throughput (a few hundred committed charges/s, bound by status writes) is what
 bench/bench_accountant.py measures. The sidecar benchmark asks what the *sidecar* costs per
-request, so the two accounting round trips it makes (reserve before noising, commit after)
-go to this process, which answers at once. They are real round trips: HTTPS on loopback with
+request, so the accounting round trip it makes (one charge, before it calls the upstream)
+goes to this process, which answers at once. They are real round trips: HTTPS on loopback with
 the sidecar's own client (``hush.sidecar.accountant_client``), bodies parsed with the
 accountant's models (``hush.accountant.protocol``), the bearer token checked, answers shaped
 and coded as ``hush.accountant.server`` shapes them. What it leaves out is everything behind
 the protocol: TokenReview, the pod and policy lookups, the budget check, the ledger write.
 
 ``GET /v1/policy-status`` always says the caller's policy is current. ``GET /stats`` returns
-how many reservations were granted, committed and released, so that the benchmark can check
-that every answer it counted was really charged.
+how many charges were granted, so that the benchmark can check that every answer it counted
+was really charged. Like the real accountant, it takes no cost from the sidecar: each charge
+is counted at ``CHARGE_EPSILON``, the epsilon of the benchmark policy's routes.
 """
 
 from __future__ import annotations
@@ -34,24 +35,23 @@ from hush.accountant import protocol
 from hush.privacy import amounts
 
 STARTING_EPSILON = decimal.Decimal(1_000_000_000)
+CHARGE_EPSILON = decimal.Decimal("0.5")  # bench_sidecar.py's routes
 
 
 class StubAccountant:
-    """Grants every well-formed reservation of a caller with the right token."""
+    """Grants every well-formed charge of a caller with the right token."""
 
     def __init__(self, token: str) -> None:
         self._token = token
         self._remaining = STARTING_EPSILON
-        self._reserved: dict[str, decimal.Decimal] = {}
-        self.counts = {"reserve": 0, "commit": 0, "release": 0, "refused": 0, "policy-status": 0}
+        self._charged: set[str] = set()
+        self.counts = {"charge": 0, "duplicate": 0, "refused": 0, "policy-status": 0}
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024)
         app.add_routes(
             [
-                web.post("/v1/reserve", self._reserve),
-                web.post("/v1/commit", self._close),
-                web.post("/v1/release", self._close),
+                web.post("/v1/charge", self._charge),
                 web.get("/v1/policy-status", self._policy_status),
                 web.get("/healthz", self._healthz),
                 web.get("/stats", self._stats),
@@ -77,34 +77,20 @@ class StubAccountant:
         header = request.headers.get("Authorization", "")
         return hmac.compare_digest(header, f"Bearer {self._token}")
 
-    async def _reserve(self, request: web.Request) -> web.Response:
+    async def _charge(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
             return self._answer(401, "denied", "Missing or wrong bearer token")
         try:
             body = protocol.SpendRequest.model_validate(await request.json())
         except (pydantic.ValidationError, ValueError) as error:
             return self._answer(400, "bad-request", str(error))
-        self._remaining -= body.epsilon
-        self._reserved[body.request_id] = body.epsilon
-        self.counts["reserve"] += 1
-        return self._answer(200, "granted", "Reserved (benchmark stub: nothing was written)")
-
-    async def _close(self, request: web.Request) -> web.Response:
-        action = request.path.rsplit("/", 1)[-1]
-        if not self._authorised(request):
-            return self._answer(401, "denied", "Missing or wrong bearer token")
-        try:
-            body = protocol.CloseRequest.model_validate(await request.json())
-        except (pydantic.ValidationError, ValueError) as error:
-            return self._answer(400, "bad-request", str(error))
-        epsilon = self._reserved.pop(body.request_id, None)
-        if epsilon is None:
-            return self._answer(404, "unknown-request", f"No reservation {body.request_id}")
-        if action == "release":
-            self._remaining += epsilon
-        self.counts[action] += 1
-        outcome = "committed" if action == "commit" else "released"
-        return self._answer(200, outcome, f"{outcome.capitalize()} (benchmark stub)")
+        if body.request_id in self._charged:
+            self.counts["duplicate"] += 1
+            return self._answer(200, "duplicate", f"Request {body.request_id} was already charged")
+        self._charged.add(body.request_id)
+        self._remaining -= CHARGE_EPSILON
+        self.counts["charge"] += 1
+        return self._answer(200, "granted", "Charged (benchmark stub: nothing was written)")
 
     async def _policy_status(self, request: web.Request) -> web.Response:
         """The baked policy is always current here: the sidecar keeps releasing."""
@@ -124,7 +110,7 @@ class StubAccountant:
         return web.json_response({"status": "ok"})
 
     async def _stats(self, _: web.Request) -> web.Response:
-        return web.json_response({**self.counts, "open": len(self._reserved)})
+        return web.json_response(self.counts)
 
 
 def main() -> None:

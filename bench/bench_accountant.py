@@ -34,27 +34,15 @@ import spending
 
 
 def _fire(
-    url: str, cert: Path, token: str, clients: int, charges: int, workdir: Path
+    url: str, cert: Path, token: str, policy_hash: str, clients: int, charges: int, workdir: Path
 ) -> dict[str, Any]:
     """``charges`` charges from ``clients`` closed-loop clients (hush-fixed-rate, in Go: a
     Python client cost a third of a core that the operator and apiserver then lacked),
     after an unrecorded warm-up of two charges per client (identity and policy caches)."""
     prefix = secrets.token_hex(3)
     body = workdir / f"charge-{prefix}.json"
-    body.write_text(
-        json.dumps(
-            {
-                "requestId": f"b{prefix}-{{{{id}}}}",
-                "policy": "bench",
-                "route": "/count",
-                "mechanism": "laplace",
-                "epsilon": "0.001",
-                "delta": "0",
-                "sensitivity": "1",
-                "scale": "1000",
-            }
-        )
-    )
+    # What a sidecar sends: no cost, the accountant prices the route from the policy.
+    body.write_text(json.dumps(spending.charge_body(f"b{prefix}-{{{{id}}}}", "bench", policy_hash)))
     bearer = workdir / f"token-{prefix}"
     bearer.write_text(token)
     result = subprocess.run(
@@ -114,8 +102,11 @@ def run(
             hush_resources.wait_for_condition(
                 api, namespace, "PrivacyBudget", "bench", status="True", timeout=60
             )
+            policy_hash = spending.policy_hash(api, namespace, "bench")
             cpu_before = tools.process_cpu_seconds(operator.pid)
-            fired = _fire(f"https://127.0.0.1:{port}", cert, token, clients, charges, workdir)
+            fired = _fire(
+                f"https://127.0.0.1:{port}", cert, token, policy_hash, clients, charges, workdir
+            )
             operator_cpu = tools.process_cpu_seconds(operator.pid) - cpu_before
             operator_rss = tools.process_memory_mib(operator.pid)
         budget = hush_resources.get(api, namespace, "PrivacyBudget", "bench")

@@ -1,10 +1,12 @@
-"""The accountant against the real apiserver: authenticated charges, no overspend under
-concurrency, idempotent retries, a tamper-evident ledger, and RBAC that keeps sidecars away
-from budget status."""
+"""The accountant against the real apiserver: authenticated charges priced from the policy
+(never from the caller), no refund on the wire, no overspend under concurrency, idempotent
+retries, a tamper-evident ledger, and RBAC that keeps sidecars away from budget status."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
 import json
 import subprocess
 import sys
@@ -17,8 +19,10 @@ import aiohttp
 import pytest
 from kubernetes import client
 
+from hush.api import dppolicy
 from hush.api import ledger as wire
 from hush.ledger import chain
+from hush.privacy import amounts, route_cost
 
 import hush_resources
 import operator_process
@@ -60,28 +64,41 @@ def _policy(name: str, budget: str) -> dict[str, Any]:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Spender:
+    """A pod's token and the policy hash it would have baked: what a sidecar charges with."""
+
+    token: str
+    policy: str
+    policy_hash: str
+
+    def body(self, request_id: str, **changes: str) -> dict[str, str]:
+        return {**spending.charge_body(request_id, self.policy, self.policy_hash), **changes}
+
+
 def _setup(
     api_client: client.ApiClient, namespace: str, *, team_epsilon: float, name: str = "survey"
-) -> str:
+) -> Spender:
     hush_resources.create(api_client, namespace, _budget(name, team_epsilon))
     hush_resources.create(api_client, namespace, _policy(name, name))
     hush_resources.wait_for_condition(
         api_client, namespace, "PrivacyBudget", name, status="True", reason="Accepted"
     )
-    return spending.pod_bound_token(api_client, namespace, name)
+    token = spending.pod_bound_token(api_client, namespace, name)
+    return Spender(token, name, spending.policy_hash(api_client, namespace, name))
 
 
-def _spend_body(request_id: str, policy: str = "survey") -> dict[str, Any]:
-    return {
-        "requestId": request_id,
-        "policy": policy,
-        "route": ROUTE,
-        "mechanism": "laplace",
-        "epsilon": RELEASE_EPSILON,
-        "delta": "0",
-        "sensitivity": "1",
-        "scale": "1000",
-    }
+def _assert_entry_names_the_policys_release(entry: wire.Entry, route: dict[str, Any]) -> None:
+    """The ledger entry records the release the policy's route defines, nothing reported."""
+    release = route_cost.route_charge(dppolicy.Route.model_validate(route))
+    recorded = (entry.mechanism, entry.noise_scale, entry.sensitivity, entry.epsilon, entry.delta)
+    assert recorded == (
+        release.mechanism,
+        amounts.display(release.scale),
+        amounts.display(release.sensitivity),
+        amounts.display(release.epsilon),
+        amounts.display(release.delta),
+    )
 
 
 async def _post(
@@ -105,7 +122,7 @@ def test_concurrent_charges_never_exceed_the_quota(
     api_client: client.ApiClient, namespace: str, accountant: dict[str, Any]
 ) -> None:
     # 50 clients ask for 10,000 releases of epsilon 0.001 (10.0 in all) from a quota of 4.0.
-    token = _setup(api_client, namespace, team_epsilon=4.0)
+    spender = _setup(api_client, namespace, team_epsilon=4.0)
     clients, per_client = 50, 200
 
     async def burst() -> list[tuple[int, dict[str, Any]]]:
@@ -114,9 +131,9 @@ def test_concurrent_charges_never_exceed_the_quota(
             async def one_client(index: int) -> list[tuple[int, dict[str, Any]]]:
                 answers = []
                 for number in range(per_client):
-                    body = _spend_body(f"c{index}-{number}")
+                    body = spender.body(f"c{index}-{number}")
                     answers.append(
-                        await _post(session, f"{accountant['url']}/v1/charge", token, body)
+                        await _post(session, f"{accountant['url']}/v1/charge", spender.token, body)
                     )
                 return answers
 
@@ -156,62 +173,122 @@ def test_concurrent_charges_never_exceed_the_quota(
     assert all("Team analytics spent" in message for message in messages), messages
 
 
-def test_reserve_commit_release_and_idempotent_retries(
+def test_a_charge_is_priced_from_the_policy_final_and_idempotent(
     api_client: client.ApiClient, namespace: str, accountant: dict[str, Any]
 ) -> None:
-    token = _setup(api_client, namespace, team_epsilon=1.0)
+    spender = _setup(api_client, namespace, team_epsilon=1.0)
+    token, body = spender.token, spender.body
 
     async def scenario() -> dict[str, tuple[int, dict[str, Any]]]:
         url = accountant["url"]
+        charge = f"{url}/v1/charge"
         async with _session(accountant) as session:
             results = {
-                "reserve": await _post(session, f"{url}/v1/reserve", token, _spend_body("r1")),
-                "retry": await _post(session, f"{url}/v1/reserve", token, _spend_body("r1")),
-                "commit": await _post(
-                    session, f"{url}/v1/commit", token, {"requestId": "r1", "policy": "survey"}
-                ),
-                "late-release": await _post(
-                    session, f"{url}/v1/release", token, {"requestId": "r1", "policy": "survey"}
-                ),
-                "reserve2": await _post(session, f"{url}/v1/reserve", token, _spend_body("r2")),
-                "release2": await _post(
-                    session, f"{url}/v1/release", token, {"requestId": "r2", "policy": "survey"}
-                ),
-                "open": await _post(session, f"{url}/v1/reserve", token, _spend_body("r3")),
-                "malformed": await _post(session, f"{url}/v1/reserve", token, {"requestId": 5}),
-                "not-json": await _post(session, f"{url}/v1/commit", token, b'{"requestId": '),
-                "not-utf8": await _post(session, f"{url}/v1/reserve", token, b"\xff\xfe{}"),
+                "charge": await _post(session, charge, token, body("r1")),
+                "retry": await _post(session, charge, token, body("r1")),
+                # A sidecar that reports its own (smaller) cost is not listened to: refused.
+                "sensitivity": await _post(session, charge, token, body("r2", sensitivity="0")),
+                "scale": await _post(session, charge, token, body("r3", scale="1e9")),
+                "epsilon": await _post(session, charge, token, body("r4", epsilon="1e-9")),
+                "malformed": await _post(session, charge, token, {"requestId": 5}),
+                "not-json": await _post(session, charge, token, b'{"requestId": '),
+                "not-utf8": await _post(session, charge, token, b"\xff\xfe{}"),
             }
+            # No two-phase spend and no refund: those endpoints are gone.
+            for name in ("reserve", "commit", "release"):
+                async with session.post(
+                    f"{url}/v1/{name}",
+                    headers={"Authorization": f"Bearer {token}"},
+                    json={"requestId": "r1", "policy": spender.policy},
+                ) as reply:
+                    results[name] = (reply.status, {})
             return results
 
     results = asyncio.run(scenario())
-    assert results["reserve"][0] == 200
-    assert results["reserve"][1]["outcome"] == "granted"
-    assert results["retry"] == (200, {**results["retry"][1], "outcome": "duplicate"})
-    assert results["commit"][1]["outcome"] == "committed"
-    assert results["late-release"][0] == 409
-    assert results["release2"][1]["outcome"] == "released"
+    assert results["charge"][0] == 200
+    assert results["charge"][1]["outcome"] == "granted"
+    assert results["retry"] == (
+        200,
+        {
+            **results["charge"][1],
+            "outcome": "duplicate",
+            "message": "Request r1 was already committed",
+        },
+    )
+    for cost in ("sensitivity", "scale", "epsilon"):
+        status, answer = results[cost]
+        assert (status, answer["outcome"]) == (400, "bad-request"), answer
+        assert f"{cost}: Extra inputs are not permitted" in answer["message"]
     assert results["malformed"][0] == 400
     assert "requestId" in results["malformed"][1]["message"]
     for case in ("not-json", "not-utf8"):
         assert results[case] == (
             400, {"outcome": "bad-request", "message": "The body is not JSON", "overBudget": False}
         )  # fmt: skip
-    # Spent: r1 (committed) and r3 (open reservation counts as spent); r2 was refunded.
+    for name in ("reserve", "commit", "release"):
+        assert results[name][0] in (404, 405), name
+
+    # One charge, recorded with the policy's mechanism, scale, sensitivity, epsilon, delta.
     ledger = spending.ledger(api_client, namespace, "survey")
-    assert [entry.action for entry in ledger.entries] == [
-        "reserve", "commit", "reserve", "release", "reserve",
-    ]  # fmt: skip
-    assert [item.request_id for item in ledger.reservations] == ["r3"]
+    assert [(entry.action, entry.request_id) for entry in ledger.entries] == [("charge", "r1")]
+    assert ledger.reservations == []
+    route = _policy("survey", "survey")["spec"]["routes"][0]
+    _assert_entry_names_the_policys_release(ledger.entries[0], route)
+    assert (ledger.entries[0].mechanism, ledger.entries[0].epsilon) == ("laplace", "0.001")
     budget = hush_resources.get(api_client, namespace, "PrivacyBudget", "survey")
-    assert budget["status"]["teams"][0]["epsilon"]["spent"] == "0.002"
+    assert budget["status"]["teams"][0]["epsilon"]["spent"] == RELEASE_EPSILON
+
+
+def test_the_charge_follows_the_policy_when_it_changes(
+    api_client: client.ApiClient, namespace: str, accountant: dict[str, Any]
+) -> None:
+    spender = _setup(api_client, namespace, team_epsilon=1.0)
+    policy = hush_resources.get(api_client, namespace, "DPPolicy", "survey")
+    # The privacy owner reshapes the route: a Gaussian release of a count and a bounded sum.
+    route = {
+        **policy["spec"]["routes"][0],
+        "mechanism": "gaussian",
+        "epsilon": 0.01,
+        "delta": 1e-7,
+        "fields": [
+            {"path": "$.count", "kind": "count"},
+            {"path": "$.total", "kind": "sum", "bounds": {"lower": 0, "upper": 50}},
+        ],
+    }
+    hush_resources.patch_spec(api_client, namespace, "DPPolicy", "survey", {"routes": [route]})
+    new_hash = waiting.wait_for(
+        lambda: (
+            (found := spending.policy_hash(api_client, namespace, "survey")) != spender.policy_hash
+            and found
+        ),
+        timeout=60,
+        description="the operator to hash the changed policy",
+    )
+    current = dataclasses.replace(spender, policy_hash=str(new_hash))
+
+    async def scenario() -> dict[str, tuple[int, dict[str, Any]]]:
+        url = f"{accountant['url']}/v1/charge"
+        async with _session(accountant) as session:
+            return {
+                "stale": await _post(session, url, spender.token, spender.body("old")),
+                "current": await _post(session, url, current.token, current.body("new")),
+            }
+
+    results = asyncio.run(scenario())
+    assert results["stale"][0] == 409
+    assert results["stale"][1]["message"].startswith("Stale policy")
+    assert results["current"][0] == 200, results["current"]
+    ledger = spending.ledger(api_client, namespace, "survey")
+    assert [entry.request_id for entry in ledger.entries] == ["new"]
+    _assert_entry_names_the_policys_release(ledger.entries[0], route)
+    assert ledger.entries[0].mechanism == "gaussian"
 
 
 def test_tokens_of_other_pods_policies_and_namespaces_are_refused(
     api_client: client.ApiClient, namespace: str, accountant: dict[str, Any]
 ) -> None:
-    token = _setup(api_client, namespace, team_epsilon=1.0)
-    other_token = _setup(api_client, namespace, team_epsilon=1.0, name="other")
+    spender = _setup(api_client, namespace, team_epsilon=1.0)
+    other = _setup(api_client, namespace, team_epsilon=1.0, name="other")
     core = client.CoreV1Api(api_client)
     wrong_audience = core.create_namespaced_service_account_token(
         "app-survey",
@@ -232,7 +309,7 @@ def test_tokens_of_other_pods_policies_and_namespaces_are_refused(
             description=f"the default ServiceAccount in {elsewhere}",
         )
         foreign_token = spending.pod_bound_token(api_client, elsewhere, "survey")
-        results = _token_scenario(accountant, token, other_token, wrong_audience, foreign_token)
+        results = _token_scenario(accountant, spender, other.token, wrong_audience, foreign_token)
     finally:
         core.delete_namespace(elsewhere)
     assert results["own"][0] == 200
@@ -242,24 +319,30 @@ def test_tokens_of_other_pods_policies_and_namespaces_are_refused(
     assert f"DPPolicy {elsewhere}/survey does not exist" in results["other-namespace"][1]["message"]
     assert results["wrong-audience"][0] == 401
     assert results["no-token"][0] == 401
-    assert results["undeclared-cost"][0] == 403
+    assert results["undeclared-route"][0] == 403
+    assert results["undeclared-route"][1]["message"] == "Policy survey has no route /other"
     assert spending.ledger(api_client, namespace, "survey").sequence == 1  # only "own" was charged
 
 
 def _token_scenario(
-    accountant: dict[str, Any], token: str, other_token: str, wrong_audience: str, foreign: str
+    accountant: dict[str, Any],
+    spender: Spender,
+    other_token: str,
+    wrong_audience: str,
+    foreign: str,
 ) -> dict[str, tuple[int, dict[str, Any]]]:
     async def scenario() -> dict[str, tuple[int, dict[str, Any]]]:
         url = f"{accountant['url']}/v1/charge"
+        body = spender.body
         async with _session(accountant) as session:
             return {
-                "other-namespace": await _post(session, url, foreign, _spend_body("x6")),
-                "own": await _post(session, url, token, _spend_body("x1")),
-                "other-policy": await _post(session, url, other_token, _spend_body("x2")),
-                "wrong-audience": await _post(session, url, wrong_audience, _spend_body("x3")),
-                "no-token": await _post(session, url, "", _spend_body("x4")),
-                "undeclared-cost": await _post(
-                    session, url, token, {**_spend_body("x5"), "epsilon": "0.0001"}
+                "other-namespace": await _post(session, url, foreign, body("x6")),
+                "own": await _post(session, url, spender.token, body("x1")),
+                "other-policy": await _post(session, url, other_token, body("x2")),
+                "wrong-audience": await _post(session, url, wrong_audience, body("x3")),
+                "no-token": await _post(session, url, "", body("x4")),
+                "undeclared-route": await _post(
+                    session, url, spender.token, body("x5", route="/other")
                 ),
             }
 
@@ -297,13 +380,16 @@ def test_only_the_operator_may_write_budget_status(
 def test_ledger_verify_detects_an_edited_entry(
     api_client: client.ApiClient, namespace: str, accountant: dict[str, Any], kubeconfig: Path
 ) -> None:
-    token = _setup(api_client, namespace, team_epsilon=1.0)
+    spender = _setup(api_client, namespace, team_epsilon=1.0)
 
     async def charge(count: int) -> None:
         async with _session(accountant) as session:
             for number in range(count):
                 status, _ = await _post(
-                    session, f"{accountant['url']}/v1/charge", token, _spend_body(f"v{number}")
+                    session,
+                    f"{accountant['url']}/v1/charge",
+                    spender.token,
+                    spender.body(f"v{number}"),
                 )
                 assert status == 200
 
@@ -343,7 +429,7 @@ def test_ledger_verify_detects_an_edited_entry(
 def test_spent_budgets_cannot_be_lowered_below_spending_or_change_mode(
     api_client: client.ApiClient, namespace: str, accountant: dict[str, Any]
 ) -> None:
-    token = _setup(api_client, namespace, team_epsilon=1.0)
+    spender = _setup(api_client, namespace, team_epsilon=1.0)
     # Before any charge, the accounting mode may still change.
     hush_resources.patch_spec(api_client, namespace, "PrivacyBudget", "survey", {"delta": 1e-6})
 
@@ -351,7 +437,10 @@ def test_spent_budgets_cannot_be_lowered_below_spending_or_change_mode(
         async with _session(accountant) as session:
             for number in range(count):
                 status, body = await _post(
-                    session, f"{accountant['url']}/v1/charge", token, _spend_body(f"m{number}")
+                    session,
+                    f"{accountant['url']}/v1/charge",
+                    spender.token,
+                    spender.body(f"m{number}"),
                 )
                 assert status == 200, body
 
@@ -378,9 +467,15 @@ def test_calendar_renewal_refills_each_window_and_keeps_the_lifetime_loss(
     api_client: client.ApiClient, namespace: str, accountant: dict[str, Any]
 ) -> None:
     budget = _budget("daily", 0.002)
+    # Periods are at least an hour; an anchor an hour (less 40 s) ago puts the start of
+    # window 1 40 s from now.
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=40)
+    anchor = (soon - datetime.timedelta(hours=1)).replace(microsecond=0)
+    boundary = anchor + datetime.timedelta(hours=1)
     budget["spec"]["renewal"] = {
         "policy": "calendar",
-        "period": "8s",
+        "period": "1h",
+        "anchor": anchor.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "acknowledgeUnboundedLoss": True,
     }
     hush_resources.create(api_client, namespace, budget)
@@ -389,6 +484,7 @@ def test_calendar_renewal_refills_each_window_and_keeps_the_lifetime_loss(
         api_client, namespace, "PrivacyBudget", "daily", status="True", reason="Accepted"
     )
     token = spending.pod_bound_token(api_client, namespace, "daily")
+    daily_hash = spending.policy_hash(api_client, namespace, "daily")
     counter = iter(range(1_000_000))
 
     async def charge() -> int:
@@ -397,7 +493,7 @@ def test_calendar_renewal_refills_each_window_and_keeps_the_lifetime_loss(
                 session,
                 f"{accountant['url']}/v1/charge",
                 token,
-                _spend_body(f"d{next(counter)}", policy="daily"),
+                spending.charge_body(f"d{next(counter)}", "daily", daily_hash),
             )
             return status
 
@@ -406,8 +502,9 @@ def test_calendar_renewal_refills_each_window_and_keeps_the_lifetime_loss(
 
     # Spend the window, then wait (bounded) for the next window to refill it.
     waiting.wait_for(window_is_exhausted, timeout=30, interval=0.2, description="exhaustion")
+    assert datetime.datetime.now(datetime.UTC) < boundary, "window 0 ended before it was spent"
     waiting.wait_for(
-        lambda: asyncio.run(charge()) == 200, timeout=30, interval=0.5, description="renewal"
+        lambda: asyncio.run(charge()) == 200, timeout=90, interval=0.5, description="renewal"
     )
     status = hush_resources.get(api_client, namespace, "PrivacyBudget", "daily")["status"]
     assert Decimal(status["lifetimeEpsilonSpent"]) >= Decimal("0.003")

@@ -420,17 +420,10 @@ def _create_pod_through_the_injector(
     return core.create_namespaced_pod(namespace, manifest)
 
 
-def _charge(installed: Installed, token: str, request_id: str) -> tuple[int, dict[str, Any]]:
-    body = {
-        "requestId": request_id,
-        "policy": POLICY,
-        "route": spending.COUNT_ROUTE,
-        "mechanism": "laplace",
-        "epsilon": "0.1",
-        "delta": "0",
-        "sensitivity": "1",
-        "scale": "10",
-    }
+def _charge(
+    installed: Installed, token: str, request_id: str, policy_hash: str
+) -> tuple[int, dict[str, Any]]:
+    body = spending.charge_body(request_id, POLICY, policy_hash)
     request = urllib.request.Request(  # noqa: S310 - a fixed https URL on loopback
         f"{installed.accountant_url}/v1/charge",
         data=json.dumps(body).encode(),
@@ -489,7 +482,7 @@ def test_budgets_injection_charges_and_rollouts_work_under_the_charts_rbac(
             )
         ),
     ).status.token
-    status, answer = _charge(installed, token, "chart-1")
+    status, answer = _charge(installed, token, "chart-1", policy["status"]["policyHash"])
     assert status == 200, answer
     ledger = spending.ledger(api_client, namespace, POLICY)
     assert [entry.request_id for entry in ledger.entries] == ["chart-1"]

@@ -144,8 +144,9 @@ def _lease(api_client: client.ApiClient, namespace: str) -> dict[str, Any]:
 # -- a budget, a policy and a sidecar's token ---------------------------------------------
 
 
-def _setup_budget(api_client: client.ApiClient, namespace: str) -> str:
-    """A budget with room for every charge of the test, its policy, and a pod's token."""
+def _setup_budget(api_client: client.ApiClient, namespace: str) -> tuple[str, str]:
+    """A budget with room for every charge of the test, its policy, a pod's token and the
+    policy hash it would have baked."""
     hush_resources.create(
         api_client, namespace, spending.budget_manifest(BUDGET, team_epsilon=5.0, total=10.0)
     )
@@ -159,20 +160,8 @@ def _setup_budget(api_client: client.ApiClient, namespace: str) -> str:
     hush_resources.wait_for_condition(
         api_client, namespace, "PrivacyBudget", BUDGET, status="True", reason="Accepted"
     )
-    return spending.pod_bound_token(api_client, namespace, BUDGET)
-
-
-def _spend_body(request_id: str) -> dict[str, Any]:
-    return {
-        "requestId": request_id,
-        "policy": BUDGET,
-        "route": ROUTE,
-        "mechanism": "laplace",
-        "epsilon": RELEASE_EPSILON,
-        "delta": "0",
-        "sensitivity": "1",
-        "scale": "1000",
-    }
+    token = spending.pod_bound_token(api_client, namespace, BUDGET)
+    return token, spending.policy_hash(api_client, namespace, BUDGET)
 
 
 # -- clients that retry like sidecars -----------------------------------------------------
@@ -205,6 +194,7 @@ class Tally:
 
 async def _burst(
     token: str,
+    policy_hash: str,
     cert: Path,
     ports: list[int],
     *,
@@ -231,7 +221,9 @@ async def _burst(
                         raise AssertionError(f"No definitive answer for {request_id} in time")
                     url = f"https://127.0.0.1:{ports[turn % len(ports)]}/v1/charge"
                     try:
-                        async with session.post(url, json=_spend_body(request_id)) as reply:
+                        async with session.post(
+                            url, json=spending.charge_body(request_id, BUDGET, policy_hash)
+                        ) as reply:
                             status, body = reply.status, await reply.json()
                     except (aiohttp.ClientError, TimeoutError):
                         tally.connection_errors += 1
@@ -296,7 +288,7 @@ def test_sigkill_mid_burst_loses_and_doubles_nothing(
     port = operator_process.free_port()
     process = operators.start(port)
     operators.wait_ready(port, timeout=60)
-    token = _setup_budget(api_client, namespace)
+    token, policy_hash = _setup_budget(api_client, namespace)
     per_client, kill_after = 40, (200, 400, 600)
     tally = Tally()
     restarts: list[float] = []
@@ -312,7 +304,7 @@ def test_sigkill_mid_burst_loses_and_doubles_nothing(
 
     async def scenario() -> None:
         await asyncio.gather(
-            _burst(token, operators.cert, [port], per_client=per_client, tally=tally),
+            _burst(token, policy_hash, operators.cert, [port], per_client=per_client, tally=tally),
             crash_three_times(),
         )
 
@@ -339,7 +331,7 @@ def test_standby_takes_over_from_a_killed_leader(
     )
     assert (operators.readyz(first_port), operators.readyz(second_port)) == (200, 503)
     assert _lease(api_client, namespace)["spec"]["holderIdentity"] == _identity(first)
-    token = _setup_budget(api_client, namespace)
+    token, policy_hash = _setup_budget(api_client, namespace)
     per_client = 30
     tally = Tally()
     takeover: list[float] = []
@@ -354,6 +346,7 @@ def test_standby_takes_over_from_a_killed_leader(
         await asyncio.gather(
             _burst(
                 token,
+                policy_hash,
                 operators.cert,
                 [first_port, second_port],
                 per_client=per_client,
