@@ -3,15 +3,19 @@
 Reference values (1000 Gaussian releases, sensitivity 1, delta 1e-6), from the issue and
 re-derived live from Google's dp-accounting:
 
-========  =====================  =====  =====  =====
-sigma     basic (pure, d/1000)   zCDP   RDP    PLD
-========  =====================  =====  =====  =====
-10        535.15                 21.62  20.55  19.42
-50        100.44                 3.52   3.13   2.92
-========  =====================  =====  =====  =====
+========  =====================  =====  ===================  ==============  =====
+sigma     basic (pure, d/1000)   zCDP   RDP filter (d/46)    RDP, one order  PLD
+========  =====================  =====  ===================  ==============  =====
+10        535.15                 21.62  22.79                20.55           19.42
+50        100.44                 3.52   3.60                 3.13            2.92
+========  =====================  =====  ===================  ==============  =====
 
 "Basic" is basic composition of 1000 (eps_i, 1e-9) releases, each eps_i the analytic
 Gaussian's epsilon at delta 1e-9 (so the deltas add up to 1e-6): 1000 x 0.5351 = 535.15.
+"RDP filter" is what the rdp mode charges: the best of its 46 orders, each converted at
+delta/46, because the order is not fixed in advance (docs/design/0019-rdp-filter.md); "RDP,
+one order" is dp-accounting's get_epsilon at the full delta, valid only for a composition
+fixed in advance (the rdp mode's old, unsound stopping rule).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from hypothesis import strategies as st
 from hush.privacy import accounting, calibration, kinds, renyi
 
 DELTA = Decimal("1e-6")
+ORDERS = [float(order) for order in accounting.RDP_ORDERS]
+SHARE = len(ORDERS)  # the rdp filter's union bound: each order converts at delta / 46
 MODES: tuple[accounting.Mode, ...] = ("pure", "zcdp", "rdp")
 
 
@@ -56,7 +62,7 @@ def _gaussian_release(sigma: int, *, per_release_delta: Decimal) -> accounting.R
 
 @pytest.mark.parametrize(
     ("sigma", "basic", "zcdp", "rdp"),
-    [(10, 535.148, 21.6226, 20.552), (50, 100.436, 3.5245, 3.1345)],
+    [(10, 535.148, 21.6226, 22.7885), (50, 100.436, 3.5245, 3.5993)],
 )
 def test_reference_composition_of_1000_gaussian_releases(
     sigma: int, basic: float, zcdp: float, rdp: float
@@ -73,13 +79,75 @@ def test_reference_composition_of_1000_gaussian_releases(
 
 
 @pytest.mark.parametrize("sigma", [10, 50])
-def test_our_rdp_grid_is_within_a_fraction_of_a_percent_of_dp_accountings(sigma: int) -> None:
-    theirs = dp_accounting.rdp.RdpAccountant()
-    theirs.compose(dp_accounting.GaussianDpEvent(sigma), 1000)
-    reference = theirs.get_epsilon(float(DELTA))
+def test_our_rdp_filter_is_dp_accountings_epsilon_at_delta_over_the_orders(sigma: int) -> None:
     release = _gaussian_release(sigma, per_release_delta=Decimal("1e-9"))
     ours = float(accounting.accountant("rdp").epsilon_spent(_compose("rdp", release, 1000), DELTA))
-    assert reference - 1e-6 <= ours <= reference * 1.002
+    # Same orders, each at delta/46: equal up to our rounding up (1e-9).
+    same_grid = dp_accounting.rdp.RdpAccountant(orders=ORDERS)
+    same_grid.compose(dp_accounting.GaussianDpEvent(sigma), 1000)
+    reference = same_grid.get_epsilon(float(DELTA) / SHARE)
+    assert reference - 1e-9 <= ours <= reference + 2e-9
+    # dp-accounting's own, denser grid at delta/46 is within 0.1% of ours.
+    default_grid = dp_accounting.rdp.RdpAccountant()
+    default_grid.compose(dp_accounting.GaussianDpEvent(sigma), 1000)
+    assert (
+        default_grid.get_epsilon(float(DELTA) / SHARE)
+        <= ours
+        <= (default_grid.get_epsilon(float(DELTA) / SHARE) * 1.001)
+    )
+    # The union bound's price over the (unsound) single conversion at the full delta.
+    unsound = same_grid.get_epsilon(float(DELTA))
+    assert 1.08 < ours / unsound < 1.16
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "delta", "sigma", "admitted", "unsound"),
+    [
+        (3, "1e-6", 10, 28, 37),
+        (10, "1e-6", 10, 250, 307),
+        (10, "1e-6", 3, 22, 27),
+        (1, "1e-6", 10, 3, 4),
+    ],
+)
+def test_the_filter_admits_as_many_gaussian_releases_as_dp_accounting_allows(
+    epsilon: int, delta: str, sigma: int, admitted: int, unsound: int
+) -> None:
+    """The counts in docs/design/0019-rdp-filter.md, re-derived from dp-accounting."""
+    rdp = accounting.accountant("rdp")
+    release = accounting.Release(
+        mechanism="gaussian",
+        epsilon=Decimal(epsilon),
+        delta=Decimal(delta),
+        sensitivity=Decimal(1),
+        scale=Decimal(sigma),
+    )
+    capacity = rdp.capacity(Decimal(epsilon), Decimal(delta))
+    cost = rdp.release_cost(release)
+    spent, count = rdp.zero(), 0
+    while rdp.fits(rdp.add(spent, cost), capacity):
+        spent, count = rdp.add(spent, cost), count + 1
+    assert count == admitted
+
+    def theirs(releases: int, at_delta: float) -> float:
+        reference = dp_accounting.rdp.RdpAccountant(orders=ORDERS)
+        reference.compose(dp_accounting.GaussianDpEvent(sigma), releases)
+        return float(reference.get_epsilon(at_delta))
+
+    share = float(delta) / SHARE
+    assert theirs(admitted, share) <= epsilon < theirs(admitted + 1, share)
+    # What "fits at some order, each at the full delta" admitted: more, and unsoundly.
+    assert theirs(unsound, float(delta)) <= epsilon < theirs(unsound + 1, float(delta))
+
+
+def test_each_orders_capacity_is_converted_at_its_share_of_delta() -> None:
+    rdp = accounting.accountant("rdp")
+    capacity = rdp.capacity(Decimal(5), DELTA)
+    for order, units in zip(ORDERS, capacity.units, strict=True):
+        # dp-accounting's conversion of an RDP of 1 at this single order, at delta/46.
+        converted, _ = rdp_privacy_accountant.compute_epsilon([order], [1.0], float(DELTA) / SHARE)
+        conversion = converted - 1
+        assert units * 1e-9 <= 5 - conversion + 1e-9
+        assert units * 1e-9 >= 5 - conversion - 1e-8
 
 
 @pytest.mark.parametrize(("sigma", "pld"), [(10, 19.42), (50, 2.92)])
@@ -377,9 +445,9 @@ def test_rdp_charges_never_exceed_the_quota(
     _, accepted = _gate("rdp", charges, epsilon, delta)
     if not accepted:
         return
-    orders = [float(order) for order in accounting.RDP_ORDERS]
-    curve = [math.fsum(_true_rdp(release, order) for release in accepted) for order in orders]
-    reference, _ = rdp_privacy_accountant.compute_epsilon(orders, curve, float(delta))
+    curve = [math.fsum(_true_rdp(release, order) for release in accepted) for order in ORDERS]
+    # The filter's guarantee: some order fits at its share of delta, delta/46.
+    reference, _ = rdp_privacy_accountant.compute_epsilon(ORDERS, curve, float(delta) / SHARE)
     assert reference <= float(epsilon) * (1 + 1e-12) + 1e-9
 
 

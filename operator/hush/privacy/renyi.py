@@ -26,7 +26,8 @@ Formulas (alpha > 1 is the Renyi order, D the sensitivity):
 - RDP -> (epsilon, delta): epsilon = RDP(alpha) + ln(1 - 1/alpha) + (ln(1/delta) - ln alpha)
   / (alpha - 1), the conversion of Canonne, Kamath, Steinke 2020 (Prop. 12) that
   dp-accounting's ``compute_epsilon`` uses; it beats Mironov's ``RDP + ln(1/delta)/(alpha-1)``
-  by ~5% at the reference composition.
+  by ~5% at the reference composition. The accountant's filter converts each of its k orders
+  at delta/k (``shares``; docs/design/0019-rdp-filter.md).
 - zCDP -> (epsilon, delta) for display and quotas: epsilon = rho + 2 sqrt(rho ln(1/delta))
   (Bun & Steinke 2016, Prop. 1.3). Looser than the tight conversion by ~5% but closed-form,
   so capacities invert exactly.
@@ -141,13 +142,17 @@ def pure_dp_rdp_upper(order: Decimal, pure_epsilon: Fraction) -> Decimal:
     return min(_upper(value, magnitude), _upper(t, t), _upper(quadratic, quadratic))
 
 
-def conversion_upper(order: Decimal, delta: Decimal) -> Decimal:
-    """Upper bound on c(alpha) = ln(1 - 1/alpha) + (ln(1/delta) - ln alpha) / (alpha - 1).
+def conversion_upper(order: Decimal, delta: Decimal, *, shares: int = 1) -> Decimal:
+    """Upper bound on c(alpha) = ln(1 - 1/alpha) + (ln(shares/delta) - ln alpha) / (alpha - 1).
 
-    An RDP(alpha) curve gives (RDP(alpha) + c(alpha), delta)-DP (Canonne, Kamath, Steinke
-    2020, Prop. 12).
+    An RDP(alpha) curve gives (RDP(alpha) + c(alpha), delta / shares)-DP (Canonne, Kamath,
+    Steinke 2020, Prop. 12). ``shares`` > 1 is the union bound of a filter over that many
+    orders (``hush.privacy.accounting``): each order gets delta / shares, computed as
+    ln(1/delta) + ln(shares) so that no rounded quotient can make delta / shares larger.
     """
-    log_inverse_delta = -_CONTEXT.ln(delta)
+    if shares < 1:
+        raise ValueError("delta is shared by at least one order")
+    log_inverse_delta = _CONTEXT.add(-_CONTEXT.ln(delta), _CONTEXT.ln(Decimal(shares)))
     log_order = _CONTEXT.ln(order)
     value = _CONTEXT.add(
         _CONTEXT.ln(_CONTEXT.subtract(1, _CONTEXT.divide(1, order))),
