@@ -324,9 +324,21 @@ def _renewal_value(obj: str, field: str, absent: str) -> str:
     )
 
 
+def _has_anchor(obj: str) -> str:
+    return f"(has({obj}.spec.renewal) && has({obj}.spec.renewal.anchor))"
+
+
+# The anchor is a CEL timestamp (format date-time): equal when it is the same instant, so
+# 01:00:00+01:00 for 00:00:00Z is not a change.
 _RENEWAL_UNCHANGED = " && ".join(
-    f"{_renewal_value('self', field, absent)} == {_renewal_value('oldSelf', field, absent)}"
-    for field, absent in (("policy", "none"), ("period", ""), ("anchor", ""))
+    [
+        f"{_renewal_value('self', field, absent)} == {_renewal_value('oldSelf', field, absent)}"
+        for field, absent in (("policy", "none"), ("period", ""))
+    ]
+    + [
+        f"{_has_anchor('self')} == {_has_anchor('oldSelf')}",
+        f"(!{_has_anchor('self')} || self.spec.renewal.anchor == oldSelf.spec.renewal.anchor)",
+    ]
 )
 
 TRANSITION_RULES: tuple[tuple[str, str], ...] = (
