@@ -145,6 +145,10 @@ def policy_spec(upstream_port: int) -> dict[str, Any]:
                 "postProcess": {"clampNonNegative": True, "round": True},
             },
         ],
+        # The released shape is declared (docs/design/0018): the answer's eight bins.
+        "domains": [{"path": "$.histogram.*", "keys": list(ANSWER["histogram"])}],
+        # Every request carries ?r=<distinct tag> (no cache hits); undeclared ones are refused.
+        "queryParameters": [{"name": "r"}],
     }
     routes = [route]
     if default_release_deadline() is not None:
@@ -480,18 +484,15 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
 
 
 def check_charged(counted: dict[str, float], requests: int, in_flight: int) -> None:
-    """Every request the load generator counted was released, reserved and committed."""
+    """Every request the load generator counted was charged and released."""
     released = counted["released"]
     problems = []
     if counted["cache-hit"] or counted["other"]:
         problems.append(f"{counted['cache-hit'] + counted['other']:.0f} hits or refusals")
     if not requests <= released <= requests + in_flight:
         problems.append(f"{released:.0f} released for {requests} requests")
-    if counted["stub_reserve"] != released or counted["stub_commit"] != released:
-        problems.append(
-            f"{counted['stub_reserve']:.0f} reserved and {counted['stub_commit']:.0f} "
-            f"committed for {released:.0f} released"
-        )
+    if counted["stub_charge"] != released:
+        problems.append(f"{counted['stub_charge']:.0f} charged for {released:.0f} released")
     if problems:
         raise RuntimeError(f"Not every answer was noised and charged: {'; '.join(problems)}")
 
@@ -882,8 +883,11 @@ def git_state() -> dict[str, Any]:
 # Where a sample's time goes: the first rule (in this order) matching any frame of the stack.
 PROFILE_CATEGORIES = (
     ("noise: OpenDP samplers", r"\(opendp/|_OpenDPSampler"),
-    ("noise step: prepare, apply, render (hush code)", r"hush/sidecar/(release|deadline)\.py"),
-    ("accountant client: reserve + commit (HTTPS)", r"hush/sidecar/accountant_client\.py"),
+    (
+        "release step: build, noise, render (hush code)",
+        r"hush/(sidecar/(release|deadline)|privacy/route_cost)\.py",
+    ),
+    ("accountant client: one charge (HTTPS)", r"hush/sidecar/accountant_client\.py"),
     ("upstream request (aiohttp client)", r"Sidecar\._upstream"),
     ("worker-thread hand-off (run_in_executor; GIL waits)", r"concurrent/futures|run_in_executor"),
     ("access log (structlog, logging)", r"\((structlog|logging)/"),
@@ -1087,7 +1091,7 @@ def main() -> int:
     print()
     print(
         "Every sidecar answer counted above (but the cache-hit row) was noised (3 fields, "
-        "Laplace) and charged: one reserve and one commit at the accountant STUB "
+        "Laplace) and charged: one charge at the accountant STUB "
         "(bench/accountant_stub.py: HTTPS, the real protocol, answers at once; the real "
         "accountant's rate is bench/bench_accountant.py's), checked against the sidecar's "
         "metrics and the stub's counts."

@@ -81,8 +81,11 @@ class _SampleApp(server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def _sample_app() -> Iterator[int]:
-    httpd = server.ThreadingHTTPServer(("127.0.0.1", 0), _SampleApp)
+def _sample_app(
+    handler: type[server.BaseHTTPRequestHandler] = _SampleApp,
+) -> Iterator[int]:
+    """Serve ``handler`` on a free loopback port (the pod's application container)."""
+    httpd = server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -118,6 +121,7 @@ def _policy(name: str, budget: str, upstream_port: int) -> dict[str, Any]:
                     "mechanism": "discreteLaplace",
                     "epsilon": 0.25,
                     "fields": [{"path": "$.count", "kind": "count"}],
+                    "queryParameters": [{"name": "fresh"}],
                 },
                 {
                     "path": "/income",
@@ -126,6 +130,8 @@ def _policy(name: str, budget: str, upstream_port: int) -> dict[str, Any]:
                     "fields": [
                         {"path": "$.sum", "kind": "sum", "bounds": {"lower": 0, "upper": 100000}}
                     ],
+                    "constants": [{"path": "$.unit", "value": "EUR"}],
+                    "queryParameters": [{"name": "fresh"}],
                 },
                 {
                     "path": "/ages",
@@ -133,6 +139,8 @@ def _policy(name: str, budget: str, upstream_port: int) -> dict[str, Any]:
                     "epsilon": 0.25,
                     "minCohort": 5,
                     "fields": [{"path": "$.histogram.*", "kind": "histogram"}],
+                    "domains": [{"path": "$.histogram.*", "keys": sorted(AGE_BINS)}],
+                    "queryParameters": [{"name": "fresh"}],
                 },
             ],
         },
@@ -338,18 +346,16 @@ def test_answers_are_noised_charged_labelled_cached_and_stop_when_stale(
             assert _get(f"{base}/healthz")[:3:2] == (200, b"ok")
 
             ledger = spending.ledger(api_client, namespace, "survey")
-            reserved = [entry for entry in ledger.entries if entry.action == "reserve"]
-            committed = {entry.request_id for entry in ledger.entries if entry.action == "commit"}
-            assert len(reserved) == 4
-            assert committed == {entry.request_id for entry in reserved}
-            assert {entry.consumer.policy for entry in reserved} == {"survey"}
-            assert sorted(entry.mechanism for entry in reserved) == [
+            charged = [entry for entry in ledger.entries if entry.action == "charge"]
+            assert len(charged) == 4  # one final charge per release, no reserve or commit
+            assert {entry.consumer.policy for entry in charged} == {"survey"}
+            assert sorted(entry.mechanism for entry in charged) == [
                 "discreteLaplace",
                 "discreteLaplace",
                 "discreteLaplace",
                 "laplace",
             ]
-            assert {Decimal(entry.epsilon) for entry in reserved} == {Decimal("0.25")}
+            assert {Decimal(entry.epsilon) for entry in charged} == {Decimal("0.25")}
 
             # A policy change makes this pod stale: the next charge is refused, so it stops
             # releasing and turns not-ready.

@@ -1,5 +1,13 @@
-"""The sidecar's side of the spending protocol: reserve, commit, release over HTTPS, and the
-policy-status poll (``GET /v1/policy-status``) that tells a pod its baked policy is stale.
+"""The sidecar's side of the spending protocol: one charge per release over HTTPS
+(``POST /v1/charge``), and the policy-status poll (``GET /v1/policy-status``) that tells a
+pod its baked policy is stale.
+
+A charge names the request, the policy, the route (its declared pattern) and the baked
+policy hash, and nothing else: the accountant derives the cost from the policy it reads
+(``hush.privacy.route_cost``), so the sidecar reports no number it could lie about. The
+charge is durable before it is granted, and there is no refund: once the sidecar has been
+granted it calls the application, and whatever happens next the release counts as spent
+(docs/design/0018-release-built-from-the-policy.md).
 
 Speaks ``hush.accountant.protocol`` (by its JSON shape; the sidecar does not import the
 accountant) with ``Authorization: Bearer <projected ServiceAccount token>``. The token file
@@ -8,7 +16,7 @@ is re-read every ``TOKEN_REFRESH_SECONDS`` because the kubelet rotates projected
 Every failure maps to one exception with a stable ``reason`` so the proxy can fail closed
 with a clear status; accountant messages are passed on (they carry no answer values).
 Request ids make retries idempotent on the accountant's side; this client does not retry:
-a failed reserve refuses the request, which is always safe.
+a failed charge refuses the request before the application is asked, which is always safe.
 """
 
 from __future__ import annotations
@@ -17,13 +25,10 @@ import dataclasses
 import ssl
 import time
 from collections.abc import Callable
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-
-from hush.privacy import accounting
 
 TOKEN_REFRESH_SECONDS = 60.0
 
@@ -52,11 +57,6 @@ class RefusedError(AccountantError):
     reason = "accountant-refused"
 
 
-class UnderNoisedError(AccountantError):
-    reason = "release-under-noised"
-    status = 500
-
-
 @dataclasses.dataclass(frozen=True)
 class Grant:
     outcome: str
@@ -70,10 +70,6 @@ class PolicyStatus:
     stale: bool
     current_hash: str | None
     message: str
-
-
-def _amount(value: Decimal) -> str:
-    return str(value)
 
 
 class AccountantClient:
@@ -153,29 +149,11 @@ class AccountantClient:
                 f"The accountant at {self._url} is unreachable ({type(error).__name__})"
             ) from error
 
-    async def reserve(
-        self,
-        *,
-        request_id: str,
-        policy: str,
-        route: str,
-        policy_hash: str,
-        release: accounting.Release,
-    ) -> Grant:
-        """Reserve the cost of one release; raise unless granted (or a duplicate grant)."""
+    async def charge(self, *, request_id: str, policy: str, route: str, policy_hash: str) -> Grant:
+        """Charge the cost of one release of ``route``; raise unless granted (or a duplicate)."""
         status, answer = await self._post(
-            "reserve",
-            {
-                "requestId": request_id,
-                "policy": policy,
-                "route": route,
-                "mechanism": release.mechanism,
-                "epsilon": _amount(release.epsilon),
-                "delta": _amount(release.delta),
-                "sensitivity": _amount(release.sensitivity),
-                "scale": _amount(release.scale),
-                "policyHash": policy_hash,
-            },
+            "charge",
+            {"requestId": request_id, "policy": policy, "route": route, "policyHash": policy_hash},
         )
         message = str(answer.get("message") or f"the accountant answered {status}")
         if status == 200 and answer.get("outcome") in ("granted", "duplicate"):
@@ -186,10 +164,9 @@ class AccountantClient:
             )
         if status == 429:
             raise ExhaustedError(message)
-        if status == 409 and message.startswith("Stale policy"):
+        stale_code = answer.get("outcome") == StalePolicyError.reason
+        if status == 409 and (stale_code or message.startswith("Stale policy")):
             raise StalePolicyError(message)
-        if status == 422:
-            raise UnderNoisedError(message)
         if status in (502, 503, 504):
             raise UnreachableError(message)
         raise RefusedError(f"The accountant refused the charge ({status}): {message}")
@@ -212,16 +189,3 @@ class AccountantClient:
         if status in (502, 503, 504):
             raise UnreachableError(message)
         raise RefusedError(f"The accountant refused the policy status ({status}): {message}")
-
-    async def commit(self, *, request_id: str, policy: str) -> None:
-        await self._close("commit", request_id, policy)
-
-    async def release(self, *, request_id: str, policy: str) -> None:
-        await self._close("release", request_id, policy)
-
-    async def _close(self, action: str, request_id: str, policy: str) -> None:
-        status, answer = await self._post(action, {"requestId": request_id, "policy": policy})
-        if status != 200:
-            raise RefusedError(
-                f"The accountant refused to {action} ({status}): {answer.get('message', '')}"
-            )

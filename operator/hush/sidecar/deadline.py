@@ -20,11 +20,14 @@ The padding sleeps with ``time.sleep`` (``clock_nanosleep`` on Linux, nanosecond
 resolution), so the wake-up time does not depend on how long the step took. asyncio's
 timers would not do: the event loop rounds each wait up to whole milliseconds from the
 moment it starts waiting, which keeps the step's duration modulo 1 ms in the response time.
-The proxy therefore runs the step itself on the event loop (``begin``/``end``: it holds the
-GIL there, so it is not stretched by waiting for it) and only the sleep (``wait``) in a
-worker thread, whose wake-up jitter does not depend on the noise. ``run`` does all three in
-the calling thread (tests, benchmarks). Clock and sleep are injected so tests are
-deterministic. Owns no I/O besides sleeping.
+
+Where it runs. The proxy runs ``run`` -- the step and the padding together -- in a worker
+thread (release contract, section 5): the event loop never samples, so a concurrent request
+(even ``/healthz`` on the admin port, served by the same loop) is never delayed by the time
+a sampler took. Sharing the interpreter lock with the loop can stretch the step, but by
+how busy the loop is, not by the noise, and the padding absorbs it below the deadline.
+``begin``, ``end`` and ``wait`` are the three parts of ``run``, for callers that must split
+them. Clock and sleep are injected so tests are deterministic. Owns no I/O besides sleeping.
 """
 
 from __future__ import annotations

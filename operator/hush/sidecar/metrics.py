@@ -15,12 +15,13 @@ REQUESTS = prometheus_client.Counter(
 )
 EPSILON_CHARGED = prometheus_client.Counter(
     "hush_sidecar_epsilon_charged",
-    "Epsilon reserved at the accountant for released answers.",
+    "Epsilon charged at the accountant, one route's epsilon per release (a released "
+    "document or the generic failure: both are charged).",
     ["route"],
 )
 SUPPRESSIONS = prometheus_client.Counter(
     "hush_sidecar_suppressed_values",
-    "Covered values replaced by null because their cohort was too small.",
+    "Released values replaced by null because their noisy cohort was below minCohort.",
     ["route"],
 )
 CACHE_HITS = prometheus_client.Counter(
@@ -36,8 +37,9 @@ LATENCY = prometheus_client.Histogram(
 )
 DEADLINE_OVERRUNS = prometheus_client.Counter(
     "hush_sidecar_release_deadline_overruns",
-    "Answers whose noising step took longer than the route's releaseDeadline (released, "
-    "padded to the next multiple of it); raise the deadline if this is not rare.",
+    "Answers whose release step (parse, build, noise, encode) took longer than the route's "
+    "releaseDeadline (released, padded to the next multiple of it); raise the deadline if "
+    "this is not rare.",
     ["route"],
 )
 POLICY_CHECKS = prometheus_client.Counter(

@@ -1,26 +1,41 @@
-"""The sidecar's HTTP server: route matching, the release path, fail-closed errors.
+"""The sidecar's HTTP server: the request path of a covered route, pass-through, refusals.
 
-For a request on a route of the baked policy, ``Sidecar`` runs the release path of the
-architecture (charge before release, invariant 1):
+For a request on a route of the baked policy, ``Sidecar`` runs the request path of
+docs/design/0018-release-built-from-the-policy.md (release contract, sections 3 to 7), in
+this order:
 
-    upstream answer -> parse -> plan the cost (``release.prepare``) -> reserve at the
-    accountant -> noise, post-process, suppress, encode (``release.apply`` and ``render``,
-    padded to the route's ``releaseDeadline`` by ``deadline``) -> commit -> answer
+    match route -> method -> declared query parameters -> stale policy -> cache lookup
+    -> charge at the accountant -> upstream -> build the released document (worker thread,
+    padded to the route's releaseDeadline) -> cache -> answer
 
-and caches the answer (``cache``) so an identical request within ``cacheTTL`` is answered
-identically and not charged again (invariant 5).
+- Everything before the charge depends only on the request and the policy, never on the
+  application's data: an undeclared query parameter (400), a method the route does not
+  allow (405), a stale policy (503), a route the policy cannot release (501). Nothing is
+  charged and the application is not called.
+- The charge (``POST /v1/charge``) names the route; the accountant prices it from the
+  policy. Exhausted (429) or unreachable (503): the application is never called. There is
+  no refund anywhere after a grant.
+- Once charged, every outcome is a release, cached like one: the document built from the
+  policy (``release.release_document``; per-field problems are imputed there), or, when the
+  whole answer fails (application unreachable, timeout, non-2xx, too large, not JSON), one
+  generic 502 whose body (``release.failure_body``) and headers are the same for every
+  cause and carry nothing from the application. That the application failed is the one bit
+  its availability reveals (docs/sidecar.md).
+- The released document is parsed, built, noised and encoded in a worker thread together
+  with the release-deadline padding (``deadline``), so the event loop never samples: no
+  concurrent request, ``/healthz`` on the admin port included, waits for a sampler.
+- The cache key (``cache.key``) covers what the application sees: method, raw path, raw
+  query pairs, body, policy hash and every forwarded header; only ``Authorization``,
+  ``Cookie``, the route's ``varyHeaders``, ``Accept`` and ``Content-Type`` are forwarded.
 
-Fail closed (invariant 3): a route the policy does not list gets 404 (pass-through paths,
-meant for health checks, are the only exception); a covered route answers only the noisy
-document, with headers the sidecar writes itself. Upstream errors, a body that is not JSON
-or lacks a covered field, an unreachable accountant (503), an exhausted budget (429), a
-stale policy (503, and ``/readyz`` turns not-ready for good; ``policy_watch`` also polls
-for it) each give a JSON error with a stable ``error`` code and a ``message``, never any
-part of the upstream answer.
+Pass-through paths (``spec.passThrough``, health checks) are matched exactly, GET/HEAD only,
+without query string or body; their answer is capped at ``PASS_THROUGH_LIMIT`` bytes and
+only its status, body and Content-Type are returned. Any other path is refused (404).
 
 The admin application (a separate port, so that no app route can shadow it) serves
 ``/healthz``, ``/readyz`` and ``/metrics``. The access log (structlog) carries request ids,
-route patterns, outcomes and timings, never a path's parameters, a query or a value.
+route patterns, outcomes and timings, never a path's parameters, a query, a value, or
+anything the application answered.
 """
 
 from __future__ import annotations
@@ -31,39 +46,39 @@ import dataclasses
 import json
 import re
 import time
+import urllib.parse
 import uuid
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import aiohttp
+import multidict
 import prometheus_client
 import structlog
 from aiohttp import web
 
 from hush.api import dppolicy
-from hush.privacy import accounting, amounts, mechanisms
+from hush.privacy import amounts, route_cost
 from hush.sidecar import accountant_client, cache, config, deadline, policy_watch, release
 from hush.sidecar import metrics as sidecar_metrics
 
 logger = structlog.get_logger("hush.sidecar")
 
-_HOP_BY_HOP = frozenset(
-    (
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "accept-encoding",
-        "content-encoding",
-    )
-)
+PASS_THROUGH_LIMIT = 4096
+"""Bytes of a pass-through answer (a health check's); a longer one is refused (502)."""
+
+RoutePlanner = Callable[[dppolicy.Route], route_cost.RoutePlan]
+"""``route_cost.route_plan``: the route's samplers and charge, planned once at start."""
+
+# Threads that build released documents and sleep out release deadlines; each is held for
+# about a route's releaseDeadline (5 ms by default), so 16 allow ~3,200 releases per second,
+# far above the accountant's rate.
+RELEASE_WORKERS = 16
+
+# Python's int() refuses more than 4,300 digits (a ValueError that would make the whole
+# answer fail); such a number is read as a float (infinite), an invalid value that the
+# release imputes like any other.
+_MAX_INTEGER_DIGITS = 4000
 
 
 class Accountant(Protocol):
@@ -73,19 +88,9 @@ class Accountant(Protocol):
 
     async def close(self) -> None: ...
 
-    async def reserve(
-        self,
-        *,
-        request_id: str,
-        policy: str,
-        route: str,
-        policy_hash: str,
-        release: accounting.Release,
+    async def charge(
+        self, *, request_id: str, policy: str, route: str, policy_hash: str
     ) -> accountant_client.Grant: ...
-
-    async def commit(self, *, request_id: str, policy: str) -> None: ...
-
-    async def release(self, *, request_id: str, policy: str) -> None: ...
 
     async def policy_status(
         self, *, policy: str, policy_hash: str
@@ -93,6 +98,8 @@ class Accountant(Protocol):
 
 
 class _RefusedError(Exception):
+    """A refusal decided before anything was charged (or by the accountant): not cached."""
+
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(message)
         self.status = status
@@ -109,9 +116,30 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(f"^{regex}$")
 
 
-# Threads that sleep out release deadlines; each is held for up to a route's releaseDeadline
-# (5 ms by default), so 16 allow ~3,200 releases per second, far above the accountant's rate.
-NOISE_WORKERS = 16
+def query_problem(route: dppolicy.Route, pairs: cache.QueryPairs) -> str | None:
+    """Why the query parameters are refused (a sentence naming the allowed ones), or None.
+
+    A parameter the route does not declare, or a repeated one not declared ``repeated``, is
+    refused: junk parameters would otherwise multiply charges (each spelling is a new cache
+    key). Names are compared percent-decoded, as the application reads them.
+    """
+    declared = {parameter.name: parameter.repeated for parameter in route.query_parameters}
+    allowed = ", ".join(sorted(declared)) or "none"
+    seen: set[str] = set()
+    for raw_name, _ in pairs:
+        name = urllib.parse.unquote_plus(raw_name)
+        if name not in declared:
+            return (
+                f"Route {route.path} does not declare the query parameter {name[:64]!r}; "
+                f"allowed: {allowed}"
+            )
+        if name in seen and not declared[name]:
+            return (
+                f"Query parameter {name!r} of route {route.path} may appear only once "
+                f"(declare it repeated: true to allow more); allowed: {allowed}"
+            )
+        seen.add(name)
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,15 +148,65 @@ class _CompiledRoute:
     regex: re.Pattern[str]
     ttl_seconds: float
     padding: deadline.ReleaseDeadline  # the route's releaseDeadline
-    unsupported: release.ReleaseError | None  # known from the policy: refused up front
+    plan: route_cost.RoutePlan | None  # None: the route cannot be released (``refusal``)
+    refusal: str | None
+    forwarded: tuple[str, ...]  # lower-case names of the headers forwarded (and keyed)
+    headers: tuple[tuple[str, str], ...]  # the labels every release of the route carries
 
 
-def _unsupported(route: dppolicy.Route) -> release.ReleaseError | None:
+@dataclasses.dataclass(frozen=True)
+class _Built:
+    """What the worker thread made of the application's answer."""
+
+    body: bytes
+    suppressed: int | None  # None: the generic failure
+    failure: str | None  # the cause's category, for the log only (never the answer)
+
+
+def _parse_integer(digits: str) -> int | float:
+    return int(digits) if len(digits) <= _MAX_INTEGER_DIGITS else float(digits)
+
+
+def _parse(raw: bytes) -> Any:
+    """The answer as JSON; ``ValueError`` when it is not (or nests too deep to read)."""
     try:
-        release.check_route(route)
-    except release.ReleaseError as error:
-        return error
-    return None
+        return json.loads(raw, parse_int=_parse_integer)
+    except RecursionError as error:
+        raise ValueError("nested too deeply") from error
+
+
+def build_answer(
+    plan: route_cost.RoutePlan, route: dppolicy.Route, raw: bytes | None, failure: str | None
+) -> _Built:
+    """The body to send for the application's 2xx answer ``raw`` (None: it failed).
+
+    Runs in a worker thread. Everything that reads the answer happens here, after the
+    charge: parsing, building the document from the policy, noising, encoding. A whole
+    answer that cannot be read becomes the generic failure.
+    """
+    if raw is None:
+        return _Built(release.failure_body(), None, failure or "upstream")
+    try:
+        document = _parse(raw)
+    except (ValueError, UnicodeDecodeError):
+        return _Built(release.failure_body(), None, "not-json")
+    try:
+        released = release.release_document(document, plan, min_cohort=route.min_cohort)
+        body = release.render(released)
+    except Exception:  # charged already: never a traceback, never a refund
+        # release_document imputes every data problem, so this is a bug or a sampler
+        # failure; the answer is the generic failure, which is also charged.
+        return _Built(release.failure_body(), None, "internal")
+    return _Built(body, released.suppressed, None)
+
+
+def _route_plan(
+    planner: RoutePlanner, route: dppolicy.Route
+) -> tuple[route_cost.RoutePlan | None, str | None]:
+    try:
+        return planner(route), None
+    except (ValueError, ArithmeticError) as error:
+        return None, str(error)
 
 
 class Sidecar:
@@ -139,7 +217,7 @@ class Sidecar:
         settings: config.SidecarConfig,
         *,
         accountant: Accountant,
-        planner: release.Planner = mechanisms.plan,
+        route_planner: RoutePlanner = route_cost.route_plan,
         clock: Callable[[], float] = time.monotonic,
         request_ids: Callable[[], str] = lambda: uuid.uuid4().hex,
         policy_check_interval: float | None = None,
@@ -148,32 +226,22 @@ class Sidecar:
     ) -> None:
         """``policy_check_interval``: seconds between policy-status polls (None: never).
 
-        ``deadline_clock`` and ``deadline_sleep`` pad the noising step; tests inject fakes.
+        ``route_planner`` plans each route once, here; tests inject stand-in samplers.
+        ``deadline_clock`` and ``deadline_sleep`` pad the release step; tests inject fakes.
         """
         self._config = settings
         self._accountant = accountant
-        self._planner = planner
         self._request_ids = request_ids
         self._cache = cache.AnswerCache(max_entries=settings.cache_entries, clock=clock)
         self._routes = [
-            _CompiledRoute(
-                route=route,
-                regex=compile_pattern(route.path),
-                ttl_seconds=config.duration_seconds(route.cache_ttl),
-                padding=deadline.ReleaseDeadline(
-                    config.duration_seconds(route.release_deadline),
-                    clock=deadline_clock,
-                    sleep=deadline_sleep,
-                ),
-                unsupported=_unsupported(route),
-            )
+            self._compile(route, route_planner, deadline_clock, deadline_sleep)
             for route in settings.policy.routes
         ]
-        self._pass_through = [compile_pattern(path) for path in settings.policy.pass_through]
+        self._pass_through = frozenset(settings.policy.pass_through)
         self._upstream_base = f"http://{settings.upstream_host}:{settings.upstream_port}"
         self._session: aiohttp.ClientSession | None = None
-        self._noise_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=NOISE_WORKERS, thread_name_prefix="hush-noise"
+        self._release_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=RELEASE_WORKERS, thread_name_prefix="hush-release"
         )
         self._policy = policy_watch.PolicyWatch(
             policy_name=settings.policy_name,
@@ -182,6 +250,37 @@ class Sidecar:
             interval_seconds=policy_check_interval,
         )
         self._started = False
+
+    def _compile(
+        self,
+        route: dppolicy.Route,
+        planner: RoutePlanner,
+        deadline_clock: Callable[[], float],
+        deadline_sleep: Callable[[float], None],
+    ) -> _CompiledRoute:
+        plan, refusal = _route_plan(planner, route)
+        if refusal is not None:
+            logger.warning("Refusing a route of the policy", route=route.path, reason=refusal)
+        return _CompiledRoute(
+            route=route,
+            regex=compile_pattern(route.path),
+            ttl_seconds=config.duration_seconds(route.cache_ttl),
+            padding=deadline.ReleaseDeadline(
+                config.duration_seconds(route.release_deadline),
+                clock=deadline_clock,
+                sleep=deadline_sleep,
+            ),
+            plan=plan,
+            refusal=refusal,
+            forwarded=cache.forwarded_headers(route.vary_headers),
+            headers=(
+                ("Content-Type", "application/json"),
+                ("X-DP-Epsilon", amounts.display(amounts.exact(route.epsilon))),
+                ("X-DP-Delta", amounts.display(amounts.exact(route.delta))),
+                ("X-DP-Mechanism", route.mechanism),
+                ("X-DP-Policy-Hash", self._config.policy_hash),
+            ),
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -205,7 +304,7 @@ class Sidecar:
             await self._session.close()
             self._session = None
         await self._accountant.close()
-        self._noise_pool.shutdown(wait=True)
+        self._release_pool.shutdown(wait=True)
 
     async def check_policy(self) -> None:
         """Poll the policy status once (the background task does this every interval)."""
@@ -267,21 +366,22 @@ class Sidecar:
         compiled = self._match(request.path)
         label = compiled.route.path if compiled is not None else "-"
         outcome = "error"
+        failure: str | None = None
         response: web.StreamResponse
         try:
-            if compiled is None:
-                if any(regex.match(request.path) for regex in self._pass_through):
-                    outcome = "pass-through"
-                    response = await self._forward_raw(request)
-                else:
-                    raise _RefusedError(
-                        404,
-                        "route-not-covered",
-                        f"Path {request.path} is not a route of DPPolicy "
-                        f"{self._config.policy_name}; the sidecar refuses unlisted routes",
-                    )
+            if compiled is not None:
+                response, outcome, failure = await self._covered(request, compiled, request_id)
+            elif request.rel_url.raw_path in self._pass_through:
+                label = request.rel_url.raw_path  # a declared, exact path: bounded
+                outcome = "pass-through"
+                response = await self._pass(request)
             else:
-                response, outcome = await self._covered(request, compiled, request_id)
+                raise _RefusedError(
+                    404,
+                    "route-not-covered",
+                    f"Path {request.path} is not a route of DPPolicy "
+                    f"{self._config.policy_name}; the sidecar refuses unlisted routes",
+                )
         except _RefusedError as refusal:
             outcome = refusal.reason
             response = self._error(refusal.status, refusal.reason, str(refusal), request_id)
@@ -295,6 +395,7 @@ class Sidecar:
             route=label,
             status=response.status,
             outcome=outcome,
+            failure=failure,
             duration_ms=round(elapsed * 1000, 3),
         )
         return response
@@ -308,7 +409,8 @@ class Sidecar:
 
     async def _covered(
         self, request: web.Request, compiled: _CompiledRoute, request_id: str
-    ) -> tuple[web.Response, str]:
+    ) -> tuple[web.Response, str, str | None]:
+        """(response, outcome, failure category) of a request on a covered route."""
         route = compiled.route
         if request.method not in route.methods:
             raise _RefusedError(
@@ -316,23 +418,41 @@ class Sidecar:
                 "method-not-allowed",
                 f"Route {route.path} allows {', '.join(route.methods)}, not {request.method}",
             )
+        pairs = cache.query_pairs(request.rel_url.raw_query_string)
+        problem = query_problem(route, pairs)
+        if problem is not None:
+            raise _RefusedError(400, "query-parameter-refused", problem)
         stale_reason = self._policy.stale_reason
         if stale_reason is not None:
             raise _RefusedError(503, "stale-policy", stale_reason)
-        if compiled.unsupported is not None:
-            error = compiled.unsupported
-            raise _RefusedError(error.status, error.reason, str(error))
+        if compiled.plan is None:
+            raise _RefusedError(
+                501,
+                "route-unsupported",
+                f"Route {route.path} of DPPolicy {self._config.policy_name} cannot be "
+                f"released: {compiled.refusal}",
+            )
+        plan = compiled.plan
         body = await request.read()
+        forwarded = cache.identity(
+            lambda name: request.headers.getall(name, []), compiled.forwarded
+        )
         cache_key = cache.key(
             method=request.method,
-            path=request.path,
-            query=request.query_string,
+            path=request.rel_url.raw_path,
+            query=pairs,
             body=body,
             policy_hash=self._config.policy_hash,
+            headers=forwarded,
         )
+        failures: list[str] = []
 
-        async def compute() -> cache.CachedAnswer | None:
-            answer = await self._release(request, compiled, body, request_id)
+        async def compute() -> cache.CachedAnswer:
+            answer, failure = await self._release(
+                request, compiled, plan, body, forwarded, request_id
+            )
+            if failure is not None:
+                failures.append(failure)
             self._cache.put(
                 cache_key,
                 status=answer.status,
@@ -350,106 +470,68 @@ class Sidecar:
         if hit:
             headers["X-DP-Cache"] = "hit"
             sidecar_metrics.CACHE_HITS.labels(route.path).inc()
+            outcome = "cache-hit"
+        else:
+            outcome = "release-failed" if failures else "released"
         return (
             web.Response(status=answer.status, body=answer.body, headers=headers),
-            "cache-hit" if hit else "released",
+            outcome,
+            failures[0] if failures else None,
         )
 
     async def _release(
-        self, request: web.Request, compiled: _CompiledRoute, body: bytes, request_id: str
-    ) -> cache.CachedAnswer:
+        self,
+        request: web.Request,
+        compiled: _CompiledRoute,
+        plan: route_cost.RoutePlan,
+        body: bytes,
+        forwarded: cache.IdentityHeaders,
+        request_id: str,
+    ) -> tuple[cache.CachedAnswer, str | None]:
+        """Charge, call the application, build the answer: every outcome here is charged."""
         route = compiled.route
-        status, raw = await self._upstream(request, body)
-        if status != 200:
-            raise _RefusedError(
-                502, "upstream-error", f"The application answered {status} on route {route.path}"
+        grant = await self._charge(route, request_id)
+        sidecar_metrics.EPSILON_CHARGED.labels(route.path).inc(float(route.epsilon))
+        raw, failure = await self._upstream(request, body, forwarded)
+        loop = asyncio.get_running_loop()
+        padded = await loop.run_in_executor(
+            self._release_pool,
+            compiled.padding.run,
+            lambda: build_answer(plan, route, raw, failure),
+        )
+        if padded.overran:
+            sidecar_metrics.DEADLINE_OVERRUNS.labels(route.path).inc()
+            # The number of periods, never the step's own duration (the side channel).
+            logger.warning(
+                "Overran the release deadline",
+                request_id=request_id,
+                route=route.path,
+                release_deadline=route.release_deadline,
+                periods=padded.periods,
             )
-        try:
-            document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise _RefusedError(
-                502, "upstream-not-json", f"The application's answer on {route.path} is not JSON"
-            ) from error
-        try:
-            prepared = release.prepare(document, route, planner=self._planner)
-        except release.ReleaseError as error:
-            raise _RefusedError(error.status, error.reason, str(error)) from error
-        remaining = "unknown"
-        if prepared.charge is not None:
-            grant = await self._reserve(route, prepared.charge, request_id)
-            remaining = grant.epsilon_remaining or "unknown"
-        try:
-            released, body = await self._noise(compiled, prepared, request_id)
-        except release.ReleaseError as error:
-            if prepared.charge is not None:
-                await self._refund(request_id)
-            raise _RefusedError(error.status, error.reason, str(error)) from error
-        if prepared.charge is not None:
-            sidecar_metrics.EPSILON_CHARGED.labels(route.path).inc(float(route.epsilon))
-            try:
-                await self._accountant.commit(
-                    request_id=request_id, policy=self._config.policy_name
-                )
-            except accountant_client.AccountantError as error:
-                # The reservation is durable and counts as spent until released, so the
-                # answer may still go out: a missed commit can only over-count.
-                logger.warning(
-                    "Could not commit a reservation", request_id=request_id, reason=error.reason
-                )
-        if released.suppressed:
-            sidecar_metrics.SUPPRESSIONS.labels(route.path).inc(len(released.suppressed))
-        headers: list[tuple[str, str]] = [
-            ("Content-Type", "application/json"),
-            ("X-DP-Epsilon", amounts.display(amounts.exact(route.epsilon))),
-            ("X-DP-Delta", amounts.display(amounts.exact(route.delta))),
-            ("X-DP-Mechanism", route.mechanism),
-            ("X-DP-Budget-Remaining", remaining),
-            ("X-DP-Policy-Hash", self._config.policy_hash),
+        built = padded.value
+        headers = [
+            *compiled.headers,
+            ("X-DP-Budget-Remaining", grant.epsilon_remaining or "unknown"),
         ]
-        if released.suppressed:
-            headers.append(("X-DP-Suppressed", str(len(released.suppressed))))
-        return cache.CachedAnswer(status=200, body=body, headers=tuple(headers), expires=0.0)
+        if built.suppressed is None:
+            return cache.CachedAnswer(
+                status=502, body=built.body, headers=tuple(headers), expires=0.0
+            ), built.failure
+        if built.suppressed:
+            sidecar_metrics.SUPPRESSIONS.labels(route.path).inc(built.suppressed)
+        headers.append(("X-DP-Suppressed", str(built.suppressed)))
+        return cache.CachedAnswer(
+            status=200, body=built.body, headers=tuple(headers), expires=0.0
+        ), None
 
-    async def _noise(
-        self, compiled: _CompiledRoute, prepared: release.Prepared, request_id: str
-    ) -> tuple[release.Released, bytes]:
-        """Everything whose duration can depend on the noise, padded to the route's deadline.
-
-        The step runs here, on the event loop; the padding sleeps in a worker thread, where
-        it is precise and the loop keeps serving (``hush.sidecar.deadline``).
-        """
-        route = compiled.route
-        padding = compiled.padding
-        started = padding.begin()
+    async def _charge(self, route: dppolicy.Route, request_id: str) -> accountant_client.Grant:
         try:
-            released = release.apply(prepared, min_cohort=route.min_cohort)
-            body = release.render(released, route)
-        finally:
-            periods, until = padding.end(started)
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._noise_pool, padding.wait, until)
-            if periods > 1:
-                sidecar_metrics.DEADLINE_OVERRUNS.labels(route.path).inc()
-                # The number of periods, never the step's own duration (the side channel).
-                logger.warning(
-                    "Overran the release deadline",
-                    request_id=request_id,
-                    route=route.path,
-                    release_deadline=route.release_deadline,
-                    periods=periods,
-                )
-        return released, body
-
-    async def _reserve(
-        self, route: dppolicy.Route, charge: accounting.Release, request_id: str
-    ) -> accountant_client.Grant:
-        try:
-            return await self._accountant.reserve(
+            return await self._accountant.charge(
                 request_id=request_id,
                 policy=self._config.policy_name,
                 route=route.path,
                 policy_hash=self._config.policy_hash,
-                release=charge,
             )
         except accountant_client.StalePolicyError as error:
             self._policy.mark_stale(str(error), request_id=request_id)
@@ -457,71 +539,73 @@ class Sidecar:
         except accountant_client.AccountantError as error:
             raise _RefusedError(error.status, error.reason, str(error)) from error
 
-    async def _refund(self, request_id: str) -> None:
-        try:
-            await self._accountant.release(request_id=request_id, policy=self._config.policy_name)
-        except accountant_client.AccountantError as error:
-            logger.warning(
-                "Could not release a reservation", request_id=request_id, reason=error.reason
-            )
+    async def _upstream(
+        self, request: web.Request, body: bytes, forwarded: cache.IdentityHeaders
+    ) -> tuple[bytes | None, str | None]:
+        """(the application's 2xx body, None) or (None, the failure's category).
 
-    def _forward_headers(self, request: web.Request) -> dict[str, str]:
-        return {
-            name: value
-            for name, value in request.headers.items()
-            if name.lower() not in _HOP_BY_HOP
-        }
-
-    async def _upstream(self, request: web.Request, body: bytes) -> tuple[int, bytes]:
+        Whatever went wrong, only a category for the log comes back: never the status,
+        body or headers the application sent.
+        """
         if self._session is None:
-            raise _RefusedError(503, "not-started", "The sidecar is not started")
+            return None, "not-started"
+        headers = multidict.CIMultiDict[str]()
+        for name, values in forwarded:
+            for value in values:
+                headers.add(name, value)
         method = "GET" if request.method == "HEAD" else request.method
         limit = self._config.max_body_bytes
         try:
             async with self._session.request(
                 method,
                 self._upstream_base + request.rel_url.raw_path_qs,
-                headers=self._forward_headers(request),
+                headers=headers,
                 data=body or None,
                 allow_redirects=False,
             ) as reply:
+                if not 200 <= reply.status < 300:
+                    return None, "status"
                 raw = await reply.content.read(limit + 1)
                 if len(raw) > limit:
-                    raise _RefusedError(
-                        502, "upstream-too-large", f"The application's answer exceeds {limit} bytes"
-                    )
-                return reply.status, raw
-        except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            raise _RefusedError(
-                502,
-                "upstream-unreachable",
-                f"The application on port {self._config.upstream_port} did not answer "
-                f"({type(error).__name__})",
-            ) from error
+                    return None, "too-large"
+                return raw, None
+        except TimeoutError:
+            return None, "timeout"
+        except (aiohttp.ClientError, OSError, ValueError):
+            return None, "unreachable"
 
-    async def _forward_raw(self, request: web.Request) -> web.Response:
-        """A pass-through path (health checks): forwarded as is, never noised."""
+    async def _pass(self, request: web.Request) -> web.Response:
+        """A pass-through path (a health check): no query, no body, a small plain answer."""
+        if request.method not in ("GET", "HEAD"):
+            raise _RefusedError(
+                405, "method-not-allowed", "Pass-through paths allow GET and HEAD only"
+            )
+        if request.rel_url.raw_query_string or "?" in request.raw_path:
+            raise _RefusedError(400, "query-refused", "Pass-through paths take no query string")
+        if request.body_exists:
+            raise _RefusedError(400, "body-refused", "Pass-through paths take no request body")
         if self._session is None:
             raise _RefusedError(503, "not-started", "The sidecar is not started")
-        body = await request.read()
         try:
             async with self._session.request(
                 request.method,
-                self._upstream_base + request.rel_url.raw_path_qs,
-                headers=self._forward_headers(request),
-                data=body or None,
+                self._upstream_base + request.rel_url.raw_path,
                 allow_redirects=False,
             ) as reply:
-                raw = await reply.content.read(self._config.max_body_bytes)
-                headers = {
-                    name: value
-                    for name, value in reply.headers.items()
-                    if name.lower() not in _HOP_BY_HOP
-                }
-                return web.Response(status=reply.status, body=raw, headers=headers)
-        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+                raw = await reply.content.read(PASS_THROUGH_LIMIT + 1)
+                content_type = reply.headers.get("Content-Type")
+                status = reply.status
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
             raise _RefusedError(
                 502,
                 "upstream-unreachable",
                 f"The application did not answer ({type(error).__name__})",
             ) from error
+        if len(raw) > PASS_THROUGH_LIMIT:
+            raise _RefusedError(
+                502,
+                "pass-through-too-large",
+                f"A pass-through answer is limited to {PASS_THROUGH_LIMIT} bytes",
+            )
+        headers: Mapping[str, str] = {"Content-Type": content_type} if content_type else {}
+        return web.Response(status=status, body=raw, headers=headers)
