@@ -144,7 +144,8 @@ def _composition_row(
     pld = accounting.pld_epsilon([release] * count, DELTA)
     pld_seconds = time.perf_counter() - started
     gap = 100 * (values["rdp"] / pld - 1)
-    dpa_rdp = theirs.get_epsilon(float(DELTA))
+    # Our rdp mode is a filter that converts each order at delta/46 (docs/design/0019).
+    dpa_rdp = theirs.get_epsilon(float(DELTA) / len(accounting.RDP_ORDERS))
     columns = [values["pure"], values["zcdp"], values["rdp"], dpa_rdp, pld]
     cells = "".join(f"{value:>9.3f}" for value in columns)
     print(f"{label:<34}{cells}{gap:>8.1f}%{pld_seconds:>7.2f}")
