@@ -244,12 +244,12 @@ def test_the_charge_follows_the_policy_when_it_changes(
 ) -> None:
     spender = _setup(api_client, namespace, team_epsilon=1.0)
     policy = hush_resources.get(api_client, namespace, "DPPolicy", "survey")
-    # The privacy owner reshapes the route: a Gaussian release of a count and a bounded sum.
+    # The privacy owner reshapes the route: a discrete release of a count and a bounded sum
+    # (the budget is pure epsilon, delta 0: a Laplace kind).
     route = {
         **policy["spec"]["routes"][0],
-        "mechanism": "gaussian",
+        "mechanism": "discreteLaplace",
         "epsilon": 0.01,
-        "delta": 1e-7,
         "fields": [
             {"path": "$.count", "kind": "count"},
             {"path": "$.total", "kind": "sum", "bounds": {"lower": 0, "upper": 50}},
@@ -281,7 +281,7 @@ def test_the_charge_follows_the_policy_when_it_changes(
     ledger = spending.ledger(api_client, namespace, "survey")
     assert [entry.request_id for entry in ledger.entries] == ["new"]
     _assert_entry_names_the_policys_release(ledger.entries[0], route)
-    assert ledger.entries[0].mechanism == "gaussian"
+    assert (ledger.entries[0].mechanism, ledger.entries[0].epsilon) == ("discreteLaplace", "0.01")
 
 
 def test_tokens_of_other_pods_policies_and_namespaces_are_refused(
