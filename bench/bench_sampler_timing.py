@@ -15,7 +15,7 @@ large (1e6) noise scale:
 2. ``padded``: the same draws inside ``hush.sidecar.deadline.ReleaseDeadline`` (what the
    sidecar wraps its noising step in), at a 1 ms deadline so that this part takes seconds,
    not minutes (a single draw takes ~0.3 ms; the sidecar's default is 5 ms).
-3. ``step``: how long the whole padded step (``release.apply`` and ``render``) takes for
+3. ``step``: how long the whole padded step (``release.release_document`` and ``render``) takes for
    routes of 1, 4 and 16 count fields of 10 values each (Laplace), as percentiles, to
    choose a route's ``releaseDeadline`` (overruns are released late, so they should be rare).
 4. ``proxy``: ``--requests`` requests, each with a fresh query string (no cache hits),
@@ -51,7 +51,7 @@ from aiohttp import ClientSession, test_utils, web
 
 from hush.api import dppolicy
 from hush.observability import logging as hush_logging
-from hush.privacy import kinds, mechanisms
+from hush.privacy import kinds, mechanisms, route_cost
 from hush.reconcile import dppolicy as policy_reconcile
 from hush.sidecar import accountant_client, config, deadline, proxy, release
 
@@ -135,14 +135,15 @@ def _step_percentiles(fields: int, answers: int) -> str:
             "mechanism": "laplace",
             "epsilon": 1.0,
             "fields": [{"path": f"$.f{index}[*]", "kind": "count"} for index in range(fields)],
+            "domains": [{"path": f"$.f{index}[*]", "length": 10} for index in range(fields)],
         }
     )
+    plan = route_cost.route_plan(route)
     seconds = np.empty(answers)
     for index in range(-20, answers):  # the first 20 warm the caches
         document = {f"f{field}": [TRUE_VALUE] * 10 for field in range(fields)}
-        prepared = release.prepare(document, route, planner=mechanisms.plan)
         started = time.perf_counter_ns()
-        release.render(release.apply(prepared, min_cohort=0), route)
+        release.render(release.release_document(document, plan, min_cohort=0))
         if index >= 0:
             seconds[index] = (time.perf_counter_ns() - started) / 1e9
     p50, p99, p999 = np.quantile(seconds, [0.5, 0.99, 0.999]) * 1e3
@@ -167,6 +168,7 @@ def _policy(release_deadline: str) -> dppolicy.DPPolicySpec:
                 "delta": 1e-6 if kinds.is_gaussian(mechanism) else 0.0,
                 "releaseDeadline": release_deadline,
                 "fields": [{"path": "$.count", "kind": "count", "sensitivity": 100000}],
+                "queryParameters": [{"name": "warm"}, {"name": "i"}],
             }
         )
     return dppolicy.DPPolicySpec.model_validate(
@@ -178,12 +180,8 @@ async def _application(_: web.Request) -> web.Response:
     return web.json_response({"count": TRUE_VALUE})
 
 
-async def _reserve(_: web.Request) -> web.Response:
+async def _charge(_: web.Request) -> web.Response:
     return web.json_response({"outcome": "granted", "message": "ok", "epsilonRemaining": "1"})
-
-
-async def _commit(_: web.Request) -> web.Response:
-    return web.json_response({"outcome": "committed", "message": "ok"})
 
 
 async def _measure_proxy(
@@ -193,8 +191,7 @@ async def _measure_proxy(
     upstream = web.Application()
     upstream.router.add_get("/{tail:.*}", _application)
     accountant = web.Application()
-    accountant.router.add_post("/v1/reserve", _reserve)
-    accountant.router.add_post("/v1/commit", _commit)
+    accountant.router.add_post("/v1/charge", _charge)
     servers = [test_utils.TestServer(upstream), test_utils.TestServer(accountant)]
     for server in servers:
         await server.start_server()
@@ -271,7 +268,7 @@ def main() -> None:
     )
     for row in _measure_samplers(arguments.samples, padding):
         print(row.cells())
-    print("\n3. step: release.apply + render, by route shape (to choose releaseDeadline)")
+    print("\n3. step: release_document + render, by route shape (to choose releaseDeadline)")
     for fields in (1, 4, 16):
         print(_step_percentiles(fields, arguments.samples // 5))
     _header("4. proxy: response time seen by the client, count route, scale ~1e6")
