@@ -15,7 +15,7 @@ CHARGES = prometheus_client.Counter(
 )
 EPSILON_CHARGED = prometheus_client.Counter(
     "hush_accountant_epsilon_charged",
-    "Epsilon declared by granted charges (reserve and charge), before any refund.",
+    "Epsilon of granted charges, as the policy prices them (a charge is never refunded).",
     ["namespace", "budget", "team"],
 )
 CHARGE_LATENCY = prometheus_client.Histogram(
