@@ -56,6 +56,24 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             "them (for test suites that start their own operators)."
         ),
     )
+    real_node = up_parser.add_mutually_exclusive_group()
+    real_node.add_argument(
+        "--real-node",
+        dest="real_node",
+        action="store_true",
+        default=None,
+        help=(
+            "Add one real node (containerd, runc, CNI bridge, kubelet) beside the kwok nodes, "
+            "behind a network guard; needs root on Linux. The kwok nodes get a taint. A "
+            "running cluster keeps what it has unless this or --no-real-node is given."
+        ),
+    )
+    real_node.add_argument(
+        "--no-real-node",
+        dest="real_node",
+        action="store_false",
+        help="Recreate a cluster that has a real node without one.",
+    )
     up_parser.set_defaults(handler=run_up)
 
     down_parser = actions.add_parser(
@@ -131,6 +149,7 @@ def run_up(arguments: argparse.Namespace) -> int:
             nodes=arguments.nodes,
             environ=os.environ,
             install_hush=arguments.install_hush,
+            real_node_wanted=arguments.real_node,
         )
     except errors.DevClusterError as error:
         return _fail(error)

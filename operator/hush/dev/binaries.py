@@ -7,6 +7,11 @@ directory instead (CI caches, or binaries built elsewhere) and skips the script.
 
 The kwok Stage definitions (``kwok-stages.yaml``) sit next to the bin directory: kwok >= 0.8
 ships none and does nothing without them.
+
+A real node (``hush dev up --real-node``) also needs kubelet and kube-proxy, from the same
+pinned Kubernetes release, built by ``hack/controlplane/build-node.sh`` into a cache of their
+own (``HUSH_NODE_BIN`` points at a prepared directory instead): clusters without a real node
+never build them.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ REQUIRED_BINARIES: Final = (
     "kwok",
     "helm",
 )
+NODE_BINARIES: Final = ("kubelet", "kube-proxy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +68,8 @@ def _build_script() -> Path:
     return repository_root() / "hack" / "controlplane" / "build.sh"
 
 
-def _run_build_script() -> Path:
-    script = _build_script()
+def _run_build_script(script: Path | None = None) -> Path:
+    script = script or _build_script()
     if not script.is_file():
         raise errors.DevClusterError(
             f"Cannot build the control plane: {script} does not exist. Run hush from a "
@@ -106,3 +112,31 @@ def locate(environ: Mapping[str, str]) -> Binaries:
             f"{source}). Rebuild with `bash {_build_script()}` or fix HUSH_CONTROLPLANE_BIN"
         )
     return Binaries(binaries.bin_dir.resolve())
+
+
+def cache_root(environ: Mapping[str, str]) -> Path:
+    """``${HUSH_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/hush}``, as build.sh computes it."""
+    if environ.get("HUSH_CACHE_DIR"):
+        return Path(environ["HUSH_CACHE_DIR"]).expanduser()
+    return Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "hush"
+
+
+def _node_build_script() -> Path:
+    return repository_root() / "hack" / "controlplane" / "build-node.sh"
+
+
+def locate_node(environ: Mapping[str, str]) -> Path:
+    """The directory holding kubelet and kube-proxy, built first if needed."""
+    configured = environ.get("HUSH_NODE_BIN")
+    if configured:
+        bin_dir = Path(configured).expanduser()
+    else:
+        logger.info("Checking the node binaries (kubelet, kube-proxy; a first build takes minutes)")
+        bin_dir = _run_build_script(_node_build_script())
+    missing = [name for name in NODE_BINARIES if not os.access(bin_dir / name, os.X_OK)]
+    if missing:
+        source = "HUSH_NODE_BIN" if configured else str(_node_build_script())
+        raise errors.DevClusterError(
+            f"Missing from {bin_dir}: {', '.join(missing)} (the directory came from {source})"
+        )
+    return bin_dir.resolve()

@@ -15,6 +15,14 @@ interrupted ``up``), etcd, kube-apiserver, then kube-controller-manager, kube-sc
 kwok together, Nodes, the ``default`` ServiceAccount, CRDs. If a step fails, every process
 started so far is stopped and the logs are kept for ``hush dev status``/debugging.
 
+With ``real_node`` (``hush dev up --real-node``) the cluster also gets one real node
+(``real_node``): after the control plane and the kwok nodes, the network guard is put in
+place and checked (``network_guard``), then containerd and the kubelet start like the other
+components, the node's images are imported and ``up`` waits until the node is Ready; the
+kwok nodes are then tainted. ``down`` deletes the node's pods first (so their sandboxes are
+torn down properly), stops every process, sweeps what is left (``real_node.sweep``) and
+removes the guard.
+
 Then, on a new or a reused cluster, all of Hush is installed (``hush.dev.install``: the
 operator as a host process, its webhook configurations and admission policies), or, with
 ``--no-hush``, an earlier installation is removed. A failed install leaves the control
@@ -51,12 +59,15 @@ from hush.dev import (
     components,
     errors,
     health,
+    host_setup,
     install,
     kubeconfigs,
     layout,
+    network_guard,
     pki,
     ports,
     processes,
+    real_node,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,7 +83,9 @@ _HEALTH_POLL_SECONDS: Final = 0.25
 _STATE_MARKERS: Final = ("cluster.json", "run", "pki", "logs", "kubeconfig")
 
 _STOP_ORDER: Final = (
-    ("kwok", "kube-scheduler", "kube-controller-manager"),
+    ("kubelet", "kwok", "kube-scheduler", "kube-controller-manager"),
+    # After the kubelet, which would otherwise restart what containerd's exit stopped.
+    ("containerd",),
     ("kube-apiserver",),
     ("etcd",),
 )
@@ -91,6 +104,12 @@ class ClusterRecord:
     etcd_data_dir: Path
     ports: components.Ports
     commands_digest: str
+    node_bin_dir: Path | None = None
+    """kubelet and kube-proxy of the real node; None when the cluster has none."""
+
+    @property
+    def real_node(self) -> bool:
+        return self.node_bin_dir is not None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -102,6 +121,7 @@ class ClusterRecord:
                 "etcdDataDir": str(self.etcd_data_dir),
                 "ports": dataclasses.asdict(self.ports),
                 "commandsDigest": self.commands_digest,
+                "nodeBinDir": str(self.node_bin_dir) if self.node_bin_dir else None,
             },
             indent=2,
         )
@@ -118,6 +138,7 @@ class ClusterRecord:
             etcd_data_dir=Path(data["etcdDataDir"]),
             ports=components.Ports(**{key: int(value) for key, value in data["ports"].items()}),
             commands_digest=str(data["commandsDigest"]),
+            node_bin_dir=Path(data["nodeBinDir"]) if data.get("nodeBinDir") else None,
         )
 
 
@@ -251,13 +272,17 @@ def _inspect(cluster: layout.ClusterLayout, record: ClusterRecord | None) -> Clu
         specs = {
             spec.name: spec
             for spec in components.build_components(
-                ports=record.ports, layout=cluster, bins=binaries.Binaries(record.bin_dir)
+                ports=record.ports,
+                layout=cluster,
+                bins=binaries.Binaries(record.bin_dir),
+                node_bin_dir=record.node_bin_dir,
             )
         }
+    names: tuple[str, ...] = layout.COMPONENT_NAMES
+    if record is not None and record.real_node:
+        names += layout.REAL_NODE_COMPONENT_NAMES
     tls = _tls_client(cluster) if pki.PkiFiles(cluster.pki_dir).ca.certificate.exists() else None
-    statuses = tuple(
-        _component_status(cluster, specs.get(name), name, tls) for name in layout.COMPONENT_NAMES
-    )
+    statuses = tuple(_component_status(cluster, specs.get(name), name, tls) for name in names)
     return ClusterStatus(
         name=cluster.name,
         state_dir=cluster.state_dir,
@@ -347,8 +372,44 @@ def _remove_state_dir(cluster: layout.ClusterLayout) -> None:
     shutil.rmtree(state_dir)
 
 
+def _has_real_node(cluster: layout.ClusterLayout) -> bool:
+    owner = network_guard.owner()
+    node = real_node.NodeLayout(cluster)
+    owned = owner is not None and owner.get("stateDir") == str(cluster.state_dir)
+    return owned or node.directory.exists() or node.run_dir.exists()
+
+
+def _drain_real_node(cluster: layout.ClusterLayout) -> None:
+    """Delete the real node's pods while the apiserver, kubelet and containerd still run."""
+    record = _load_record(cluster)
+    if record is None or not record.real_node or not cluster.kubeconfig.exists():
+        return
+    kubelet = processes.read_pid_file(cluster.pid_file("kubelet"))
+    apiserver = processes.read_pid_file(cluster.pid_file("kube-apiserver"))
+    if kubelet and apiserver and processes.is_alive(kubelet) and processes.is_alive(apiserver):
+        real_node.drain(bootstrap.Kubectl(record.bin_dir / "kubectl", cluster.kubeconfig))
+
+
+def _remove_real_node(cluster: layout.ClusterLayout) -> None:
+    """After the processes stopped: sweep the node's leftovers, then remove the guard."""
+    node = real_node.NodeLayout(cluster)
+    leftovers = real_node.sweep(node)
+    if leftovers:
+        raise errors.DevClusterError(
+            f"Could not remove every resource of the real node of cluster {cluster.name} "
+            "(nothing was deleted; run hush dev down again):\n  - " + "\n  - ".join(leftovers)
+        )
+    network_guard.remove(state_dir=cluster.state_dir)
+    shutil.rmtree(node.run_dir, ignore_errors=True)
+
+
 def _teardown(cluster: layout.ClusterLayout) -> None:
+    real = _has_real_node(cluster)
+    if real:
+        _drain_real_node(cluster)
     _stop_processes(cluster)
+    if real:
+        _remove_real_node(cluster)
     if cluster.tmpfs_dir is not None:
         shutil.rmtree(cluster.tmpfs_dir, ignore_errors=True)
     _remove_state_dir(cluster)
@@ -405,9 +466,10 @@ def _allocate_ports() -> components.Ports:
 class _Launcher:
     """Starts components and notices when one of them dies while ``up`` is still running."""
 
-    def __init__(self, cluster: layout.ClusterLayout, tls: health.TlsClient) -> None:
+    def __init__(self, cluster: layout.ClusterLayout, tls: health.TlsClient, bin_dir: Path) -> None:
         self.cluster = cluster
         self.tls = tls
+        self.bin_dir = bin_dir
         self.started: dict[str, processes.StartedProcess] = {}
 
     def start(self, spec: components.ComponentSpec) -> None:
@@ -415,6 +477,7 @@ class _Launcher:
             spec.command,
             log_file=self.cluster.log_file(spec.name),
             pid_file=self.cluster.pid_file(spec.name),
+            env={**os.environ, **dict(spec.environment)} if spec.environment else None,
         )
         self.started[spec.name] = started
         logger.info(
@@ -498,8 +561,55 @@ def _make_private_tmpfs_dir(cluster: layout.ClusterLayout) -> None:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class _RealNodeInputs:
+    """What ``_create`` needs to add a real node."""
+
+    node_bin_dir: Path
+    cache_root: Path
+
+
+def _start_real_node(
+    cluster: layout.ClusterLayout,
+    launcher: _Launcher,
+    specs: Mapping[str, components.ComponentSpec],
+    allocated: components.Ports,
+    inputs: _RealNodeInputs,
+    now: datetime.datetime,
+) -> None:
+    """Guard, files, containerd, images, kubelet, a Ready node, tainted kwok nodes."""
+    node = real_node.NodeLayout(cluster)
+    kubectl = bootstrap.Kubectl(binaries.Binaries(launcher.bin_dir).kubectl, cluster.kubeconfig)
+    host_setup.ensure_packages()
+    images = real_node.build_images(inputs.cache_root)
+    # The guard before anything of the node exists, and checked: no packet may leave.
+    network_guard.apply(cluster_name=cluster.name, state_dir=cluster.state_dir)
+    network_guard.verify()
+    real_node.write_files(
+        node,
+        cluster_pki=pki.PkiFiles(cluster.pki_dir),
+        apiserver_url=components.apiserver_url(allocated),
+        ports=components.real_node_ports(allocated),
+        sandbox_image=images.pause.reference,
+        now=now,
+    )
+    launcher.start(specs["containerd"])
+    launcher.wait_healthy(specs["containerd"])
+    real_node.import_images(node, (images.pause, images.busybox))
+    # Checked again right before the first pod can start.
+    network_guard.verify()
+    launcher.start(specs["kubelet"])
+    launcher.wait_healthy(specs["kubelet"])
+    real_node.wait_ready(kubectl, check_components=launcher.check_all)
+    real_node.taint_kwok_nodes(kubectl)
+
+
 def _create(
-    cluster: layout.ClusterLayout, bins: binaries.Binaries, nodes: int, now: datetime.datetime
+    cluster: layout.ClusterLayout,
+    bins: binaries.Binaries,
+    nodes: int,
+    now: datetime.datetime,
+    real: _RealNodeInputs | None = None,
 ) -> None:
     began = time.monotonic()
     for directory in (cluster.state_dir, cluster.logs_dir, cluster.run_dir, cluster.pki_dir):
@@ -509,7 +619,12 @@ def _create(
     pki.write_cluster_pki(pki.PkiFiles(cluster.pki_dir), cluster_name=cluster.name, now=now)
     allocated = _allocate_ports()
     _write_kubeconfigs(cluster, allocated)
-    specs = components.build_components(ports=allocated, layout=cluster, bins=bins)
+    specs = components.build_components(
+        ports=allocated,
+        layout=cluster,
+        bins=bins,
+        node_bin_dir=real.node_bin_dir if real else None,
+    )
     record = ClusterRecord(
         name=cluster.name,
         nodes=nodes,
@@ -517,18 +632,23 @@ def _create(
         etcd_data_dir=cluster.etcd_data_dir,
         ports=allocated,
         commands_digest=_commands_digest(specs),
+        node_bin_dir=real.node_bin_dir if real else None,
     )
     cluster.cluster_file.write_text(record.to_json())
     logger.info("Generated certificates, kubeconfigs and ports in %s", cluster.state_dir)
 
     by_name = {spec.name: spec for spec in specs}
-    launcher = _Launcher(cluster, _tls_client(cluster))
+    launcher = _Launcher(cluster, _tls_client(cluster), bins.bin_dir)
     try:
         for name in ("etcd", "kube-apiserver"):
             launcher.start(by_name[name])
             launcher.wait_healthy(by_name[name])
         # These three only need the apiserver: start them together, then wait for each.
-        rest = [spec for spec in specs if spec.name not in ("etcd", "kube-apiserver")]
+        rest = [
+            spec
+            for spec in specs
+            if spec.name not in ("etcd", "kube-apiserver", *layout.REAL_NODE_COMPONENT_NAMES)
+        ]
         for spec in rest:
             launcher.start(spec)
         for spec in rest:
@@ -547,8 +667,15 @@ def _create(
             check_components=launcher.check_all,
         )
         bootstrap.install_crds(kubectl, _hush_crds(), timeout_seconds=CRD_TIMEOUT_SECONDS)
+        if real is not None:
+            _start_real_node(cluster, launcher, by_name, allocated, real, now)
     except BaseException:
         launcher.stop_started()
+        if real is not None:
+            try:
+                _remove_real_node(cluster)
+            except errors.DevClusterError as error:
+                logger.error("%s", error)
         if cluster.tmpfs_dir is not None:
             shutil.rmtree(cluster.tmpfs_dir, ignore_errors=True)
         logger.error(
@@ -574,6 +701,7 @@ def _reason_to_recreate(
     record: ClusterRecord,
     bins: binaries.Binaries,
     nodes: int | None,
+    node_bin_dir: Path | None,
 ) -> str | None:
     problems = existing.unhealthy_components
     if problems:
@@ -582,7 +710,13 @@ def _reason_to_recreate(
         return f"{names} not running:\n{details}"
     if record.bin_dir != bins.bin_dir:
         return f"it runs binaries from {record.bin_dir}, the current ones are in {bins.bin_dir}"
-    expected = components.build_components(ports=record.ports, layout=cluster, bins=bins)
+    if record.real_node != (node_bin_dir is not None):
+        has = "has a real node" if record.real_node else "has no real node"
+        wanted = "with" if node_bin_dir is not None else "without"
+        return f"it {has} and one {wanted} a real node was requested"
+    expected = components.build_components(
+        ports=record.ports, layout=cluster, bins=bins, node_bin_dir=node_bin_dir
+    )
     if record.commands_digest != _commands_digest(expected):
         return "its components were started with other flags (hush has changed since)"
     if nodes is not None and nodes != record.nodes:
@@ -592,6 +726,14 @@ def _reason_to_recreate(
     return None
 
 
+def _prepare_real_node(environ: Mapping[str, str]) -> Path:
+    """Check the host can run a real node and return the kubelet's bin directory."""
+    reason = host_setup.unavailable_reason()
+    if reason is not None:
+        raise errors.DevClusterError(f"Cannot add a real node: {reason}")
+    return binaries.locate_node(environ)
+
+
 def up(
     *,
     name: str,
@@ -599,6 +741,7 @@ def up(
     environ: Mapping[str, str],
     install_hush: bool,
     now: datetime.datetime | None = None,
+    real_node_wanted: bool | None = None,
 ) -> Path:
     """Make sure cluster ``name`` runs and return the path of its admin kubeconfig.
 
@@ -606,7 +749,9 @@ def up(
     :data:`DEFAULT_NODE_COUNT` for a new one). ``install_hush`` installs all of Hush once
     the control plane runs (``hush.dev.install``); False removes an installation left by an
     earlier ``up``, so the caller gets a bare control plane (the e2e suite, which starts its
-    own operators and registers its own webhooks).
+    own operators and registers its own webhooks). ``real_node_wanted`` True adds a real node
+    (``real_node``), False removes it, None keeps what a running cluster has (none for a new
+    one).
     """
     if nodes is not None and nodes < 1:
         raise errors.DevClusterError(f"--nodes must be at least 1, not {nodes}")
@@ -616,10 +761,14 @@ def up(
     with _locked(cluster):
         kubectl = bootstrap.Kubectl(bins.kubectl, cluster.kubeconfig)
         record = _load_record(cluster)
+        wanted = real_node_wanted
+        if wanted is None:
+            wanted = record is not None and record.real_node
+        node_bin_dir = _prepare_real_node(environ) if wanted else None
         reused = False
         if record is not None:
             existing = _inspect(cluster, record)
-            reason = _reason_to_recreate(cluster, existing, record, bins, nodes)
+            reason = _reason_to_recreate(cluster, existing, record, bins, nodes, node_bin_dir)
             if reason is None:
                 logger.info("Reused running cluster %s (all components healthy)", name)
                 bootstrap.install_crds(kubectl, _hush_crds(), timeout_seconds=CRD_TIMEOUT_SECONDS)
@@ -642,6 +791,9 @@ def up(
                 bins,
                 nodes if nodes is not None else DEFAULT_NODE_COUNT,
                 current_time,
+                _RealNodeInputs(node_bin_dir, binaries.cache_root(environ))
+                if node_bin_dir is not None
+                else None,
             )
         if install_hush:
             install.ensure_installed(cluster, kubectl, environ=environ, now=current_time)

@@ -8,6 +8,12 @@ docs/local-control-plane.md has the longer story.
 Everything binds 127.0.0.1. The service range (10.96.0.0/16) and kwok's pod range
 (10.244.0.0/16) must not overlap: the apiserver's implicit default service range collides
 with kwok's default pod CIDR.
+
+With a real node (``hush dev up --real-node``) two more components follow, containerd and
+the kubelet (their command lines come from ``real_node``), kwok manages only the nodes
+annotated as its own, and the apiserver presents the admin client certificate to kubelets
+(``kubectl logs/exec`` against the real node). Without one, every command line is exactly
+what it was before real nodes existed, so existing clusters are reused.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Final
 
 from hush.dev import binaries as binaries_module
 from hush.dev import layout as layout_module
-from hush.dev import pki
+from hush.dev import pki, real_node
 
 SERVICE_CLUSTER_IP_RANGE: Final = "10.96.0.0/16"
 POD_CIDR: Final = "10.244.0.0/16"
@@ -37,6 +43,10 @@ class Ports:
     controller_manager: int
     scheduler: int
     kwok: int
+    # Only a cluster with a real node uses these (0 in records written before they existed).
+    containerd_metrics: int = 0
+    kubelet: int = 0
+    kubelet_healthz: int = 0
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -52,6 +62,8 @@ class ComponentSpec:
     port: int
     health_url: str
     startup_timeout_seconds: float
+    environment: tuple[tuple[str, str], ...] = ()
+    """Variables added to the inherited environment (the real node's closed proxy)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -103,8 +115,19 @@ def build_etcd(
 
 
 def build_apiserver(
-    *, ports: Ports, files: pki.PkiFiles, bins: binaries_module.Binaries
+    *, ports: Ports, files: pki.PkiFiles, bins: binaries_module.Binaries, real: bool = False
 ) -> ComponentSpec:
+    kubelet_flags: tuple[str, ...] = ()
+    if real:
+        # The kubelet authenticates the apiserver's exec/logs/port-forward calls by client
+        # certificate and authorises them by SubjectAccessReview; the admin identity
+        # (system:masters) passes both. Only the real node's InternalIP is dialled.
+        kubelet_flags = (
+            f"--kubelet-client-certificate={files.admin.certificate}",
+            f"--kubelet-client-key={files.admin.key}",
+            f"--kubelet-certificate-authority={files.ca.certificate}",
+            "--kubelet-preferred-address-types=InternalIP",
+        )
     return ComponentSpec(
         name="kube-apiserver",
         command=(
@@ -136,6 +159,7 @@ def build_apiserver(
             f"--proxy-client-key-file={files.front_proxy_client.key}",
             "--allow-privileged=true",
             "--profiling=false",
+            *kubelet_flags,
         ),
         port=ports.apiserver,
         health_url=f"{apiserver_url(ports)}/readyz",
@@ -217,7 +241,15 @@ def build_kwok(
     files: pki.PkiFiles,
     kubeconfigs: ComponentKubeconfigs,
     bins: binaries_module.Binaries,
+    real: bool = False,
 ) -> ComponentSpec:
+    # Beside a real node kwok must not manage every node: it would fake the real node's
+    # pods (Running with an IP not on the bridge, though no container started).
+    selection = (
+        f"--manage-nodes-with-annotation-selector={real_node.KWOK_NODE_SELECTOR}"
+        if real
+        else "--manage-all-nodes=true"
+    )
     return ComponentSpec(
         name="kwok",
         command=(
@@ -225,7 +257,7 @@ def build_kwok(
             f"--kubeconfig={kubeconfigs.kwok}",
             # kwok >= 0.8 has no built-in stages: without these it exits "no stages found".
             f"--config={bins.kwok_stages}",
-            "--manage-all-nodes=true",
+            selection,
             f"--node-lease-duration-seconds={NODE_LEASE_DURATION_SECONDS}",
             f"--cidr={POD_CIDR}",
             # Without --server-address kwok serves on 0.0.0.0:<node-port>. Nodes advertise
@@ -243,19 +275,65 @@ def build_kwok(
     )
 
 
+def build_containerd(*, ports: Ports, layout: layout_module.ClusterLayout) -> ComponentSpec:
+    node = real_node.NodeLayout(layout)
+    return ComponentSpec(
+        name="containerd",
+        command=real_node.build_containerd(node),
+        port=ports.containerd_metrics,
+        health_url=f"http://127.0.0.1:{ports.containerd_metrics}/v1/metrics",
+        startup_timeout_seconds=60,
+        environment=tuple(sorted(real_node.proxy_environment().items())),
+    )
+
+
+def build_kubelet(
+    *, ports: Ports, layout: layout_module.ClusterLayout, node_bin_dir: Path
+) -> ComponentSpec:
+    node = real_node.NodeLayout(layout)
+    return ComponentSpec(
+        name="kubelet",
+        command=real_node.build_kubelet(node, kubelet_binary=node_bin_dir / "kubelet"),
+        port=ports.kubelet,
+        health_url=f"http://127.0.0.1:{ports.kubelet_healthz}/healthz",
+        startup_timeout_seconds=90,
+        environment=tuple(sorted(real_node.proxy_environment().items())),
+    )
+
+
+def real_node_ports(ports: Ports) -> real_node.NodePorts:
+    return real_node.NodePorts(
+        containerd_metrics=ports.containerd_metrics,
+        kubelet=ports.kubelet,
+        kubelet_healthz=ports.kubelet_healthz,
+    )
+
+
 def build_components(
     *,
     ports: Ports,
     layout: layout_module.ClusterLayout,
     bins: binaries_module.Binaries,
+    node_bin_dir: Path | None = None,
 ) -> tuple[ComponentSpec, ...]:
-    """Every component of the cluster, in the order they must start."""
+    """Every component of the cluster, in the order they must start.
+
+    ``node_bin_dir`` (kubelet, kube-proxy) adds a real node: containerd and the kubelet.
+    """
     files = pki.PkiFiles(layout.pki_dir)
     kubeconfigs = kubeconfig_files(layout)
-    return (
+    real = node_bin_dir is not None
+    control_plane = (
         build_etcd(ports=ports, layout=layout, bins=bins),
-        build_apiserver(ports=ports, files=files, bins=bins),
+        build_apiserver(ports=ports, files=files, bins=bins, real=real),
         build_controller_manager(ports=ports, files=files, kubeconfigs=kubeconfigs, bins=bins),
         build_scheduler(ports=ports, files=files, kubeconfigs=kubeconfigs, bins=bins),
-        build_kwok(ports=ports, files=files, kubeconfigs=kubeconfigs, bins=bins),
+        build_kwok(ports=ports, files=files, kubeconfigs=kubeconfigs, bins=bins, real=real),
+    )
+    if node_bin_dir is None:
+        return control_plane
+    return (
+        *control_plane,
+        build_containerd(ports=ports, layout=layout),
+        build_kubelet(ports=ports, layout=layout, node_bin_dir=node_bin_dir),
     )

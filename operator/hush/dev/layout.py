@@ -38,6 +38,8 @@ COMPONENT_NAMES: Final = (
     "kube-scheduler",
     "kwok",
 )
+REAL_NODE_COMPONENT_NAMES: Final = ("containerd", "kubelet")
+"""The components a cluster started with ``--real-node`` adds, in start order."""
 
 _NAME_PATTERN: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
 # Shared, but each cluster's directory there is created 0700 and its owner checked (cluster.py).
