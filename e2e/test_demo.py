@@ -51,9 +51,9 @@ MARKERS = (
     "budget-exhausted",
     # the dataset's budget exhausted by the two teams together
     "Exhausted=True",
-    # the ledger
+    # the ledger: one final charge entry per release (no reserve + commit pairs)
     "hush ledger show census",
-    "verified: 8 entries",
+    "verified: 4 entries",
     # the policy change: stale sidecar refuses, the Deployment rolls
     '"error": "stale-policy"',
     "RolloutComplete=True",

@@ -61,12 +61,17 @@ def build_budget() -> Manifest:
     }
 
 
+# The sample app answers per region (?region=R); the sidecar refuses undeclared parameters.
+_REGION: Final = {"name": "region"}
+
+
 def _count_route(epsilon: float) -> Manifest:
     return {
         "path": "/count",
         "mechanism": "discreteLaplace",
         "epsilon": epsilon,
         "fields": [{"path": "$.count", "kind": "count"}],
+        "queryParameters": [_REGION],
     }
 
 
@@ -93,6 +98,8 @@ def build_analytics_policy(upstream_port: int) -> Manifest:
                             "bounds": {"lower": 0, "upper": sample_app.INCOME_UPPER_BOUND},
                         }
                     ],
+                    "constants": [{"path": "$.unit", "value": "EUR"}],
+                    "queryParameters": [_REGION],
                 },
                 {
                     "path": "/ages",
@@ -100,6 +107,8 @@ def build_analytics_policy(upstream_port: int) -> Manifest:
                     "epsilon": ROUTE_EPSILON,
                     "minCohort": 5,
                     "fields": [{"path": "$.histogram.*", "kind": "histogram"}],
+                    "domains": [{"path": "$.histogram.*", "keys": list(sample_app.AGE_BINS)}],
+                    "queryParameters": [_REGION],
                 },
             ],
         },
