@@ -1,29 +1,26 @@
-"""The sidecar's pure core: JSON paths, sensitivities, one charge per route, suppression,
-the cache and the baked configuration."""
+"""The sidecar's pure release core: the document is built from the policy (issue 14, findings
+1, 2 and 6), per-value problems are imputed, suppression, means, partition selection; and the
+baked configuration."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
+import json
 import math
 from collections.abc import Sequence
-from decimal import Decimal
-from fractions import Fraction
 from typing import Any
 
-import hypothesis
 import pytest
-from hypothesis import strategies
 
-from hush.api import dppolicy
-from hush.privacy import accounting, kinds, mechanisms
+from hush.api import dppolicy, jsonpath
+from hush.privacy import kinds, mechanisms, route_cost
 from hush.reconcile import dppolicy as policy_reconcile
-from hush.sidecar import cache, config, jsonpath, release
+from hush.sidecar import config, release
 
 
 @dataclasses.dataclass
 class ShiftSampler:
-    """Deterministic stand-in for a noise sampler: adds ``shift``."""
+    """Deterministic stand-in for a noise sampler: adds ``shift`` (keeps the real scale)."""
 
     shift: float | int
     mechanism: kinds.Mechanism = "laplace"
@@ -34,13 +31,12 @@ class ShiftSampler:
         return [value + self.shift for value in values]
 
 
-def shifting_planner(shift: float | int) -> release.Planner:
+def shifting_planner(shift: float | int) -> route_cost.Planner:
     def planner(mechanism: str, **arguments: Any) -> mechanisms.Plan:
         real = mechanisms.plan(mechanism, **arguments)
-        return dataclasses.replace(
-            real,
-            sampler=ShiftSampler(shift, integer=kinds.is_discrete(kinds.parse(mechanism))),
-        )
+        parsed = kinds.parse(mechanism)
+        sampler = ShiftSampler(shift, parsed, real.sampler.scale, integer=kinds.is_discrete(parsed))
+        return dataclasses.replace(real, sampler=sampler)
 
     return planner
 
@@ -56,149 +52,149 @@ def route(**overrides: Any) -> dppolicy.Route:
     return dppolicy.Route.model_validate(raw)
 
 
-# -- JSON paths ------------------------------------------------------------------------------
+def released(
+    upstream: Any, the_route: dppolicy.Route, *, shift: float | int = 0.5, min_cohort: int = 0
+) -> release.Released:
+    plan = route_cost.route_plan(the_route, planner=shifting_planner(shift))
+    return release.release_document(upstream, plan, min_cohort=min_cohort)
 
 
-def test_paths_select_keys_array_items_and_map_values() -> None:
-    document = {"regions": [{"n": 1}, {"n": 2}], "histogram": {"a": 3, "b": 4}, "total": 5}
-    assert [loc.path for loc in jsonpath.select(document, "$.regions[*].n")] == [
-        "$.regions[0].n",
-        "$.regions[1].n",
-    ]
-    assert [loc.get() for loc in jsonpath.select(document, "$.histogram.*")] == [3, 4]
-    assert [loc.get() for loc in jsonpath.select(document, "$.total")] == [5]
-    assert jsonpath.select({"regions": []}, "$.regions[*].n") == []
+def document(upstream: Any, the_route: dppolicy.Route, **options: Any) -> Any:
+    return released(upstream, the_route, **options).document
+
+
+# -- issue 14, finding 1: undeclared fields never leave --------------------------------------
+
+
+def test_undeclared_fields_are_withheld() -> None:
+    upstream = {"count": 1000, "secret_total": 987654, "rows": [31337]}
+    assert document(upstream, route()) == {"count": 1000.5}
+
+
+def test_constants_are_the_only_strings_besides_declared_keys() -> None:
+    the_route = route(
+        constants=[{"path": "$.unit", "value": "people"}, {"path": "$.meta.v", "value": "2"}],
+        fields=[{"path": "$.meta.count", "kind": "count"}],
+    )
+    upstream = {"unit": "secret", "meta": {"count": 4, "v": "upstream", "note": "raw"}}
+    assert document(upstream, the_route) == {"unit": "people", "meta": {"v": "2", "count": 4.5}}
+
+
+# -- issue 14, finding 2: an empty selection is released as the declared shape ---------------
+
+GROUPS = {"path": "$.groups[*]", "keyField": "name", "keys": ["a", "b"]}
+
+
+def test_an_empty_selection_is_released_as_the_declared_shape() -> None:
+    the_route = route(fields=[{"path": "$.groups[*].count", "kind": "count"}], domains=[GROUPS])
+    upstream = {"groups": [], "total_rows": 424242}
+    assert document(upstream, the_route) == {
+        "groups": [{"name": "a", "count": 0.5}, {"name": "b", "count": 0.5}]
+    }
+
+
+def test_an_empty_open_key_set_is_an_empty_container() -> None:
+    the_route = route(
+        delta=1e-6,
+        fields=[{"path": "$.groups[*].count", "kind": "count"}],
+        domains=[{"path": "$.groups[*]", "keyField": "name", "partitionSelection": {}}],
+    )
+    assert document({"groups": [], "total_rows": 424242}, the_route) == {"groups": []}
+    assert document("not even an object", the_route) == {"groups": []}
+
+
+# -- issue 14, finding 6: keys and lengths come from the policy ------------------------------
+
+
+def test_fixed_keys_are_released_in_declared_order_missing_imputed_unknown_dropped() -> None:
+    the_route = route(
+        fields=[{"path": "$.bins.*", "kind": "histogram"}],
+        domains=[{"path": "$.bins.*", "keys": ["65+", "0-17", "18-64"]}],
+    )
+    upstream = {"bins": {"0-17": 3, "18-64": 9, "secret-bin": 1}}
+    result = document(upstream, the_route)
+    assert list(result["bins"]) == ["65+", "0-17", "18-64"]
+    assert result == {"bins": {"65+": 0.5, "0-17": 3.5, "18-64": 9.5}}
+
+
+def test_fixed_lengths_pad_with_imputed_values_and_drop_extra_elements() -> None:
+    the_route = route(
+        fields=[{"path": "$.rows[*]", "kind": "count"}],
+        domains=[{"path": "$.rows[*]", "length": 3}],
+    )
+    assert document({"rows": [7]}, the_route) == {"rows": [7.5, 0.5, 0.5]}
+    assert document({"rows": [1, 2, 3, 4, 5]}, the_route) == {"rows": [1.5, 2.5, 3.5]}
+
+
+def test_keyed_arrays_are_matched_by_key_not_by_position() -> None:
+    the_route = route(
+        fields=[
+            {"path": "$.groups[*].count", "kind": "count"},
+            {"path": "$.groups[*].total", "kind": "sum", "bounds": {"lower": 0, "upper": 9}},
+        ],
+        domains=[GROUPS],
+    )
+    upstream = {
+        "groups": [
+            {"name": "zz", "count": 99, "total": 99},
+            {"name": "b", "count": 2, "extra": "secret"},
+            {"name": "a", "count": 1, "total": 5},
+            {"name": "a", "count": 50},  # a duplicate: the first one counts
+            "junk",
+        ]
+    }
+    assert document(upstream, the_route) == {
+        "groups": [
+            {"name": "a", "count": 1.5, "total": 5.5},
+            {"name": "b", "count": 2.5, "total": 0.5},
+        ]
+    }
+
+
+def test_nested_domains_multiply() -> None:
+    the_route = route(
+        fields=[{"path": "$.days[*].regions.*", "kind": "count"}],
+        domains=[
+            {"path": "$.days[*]", "length": 2},
+            {"path": "$.days[*].regions.*", "keys": ["n", "s"]},
+        ],
+    )
+    upstream = {"days": [{"regions": {"n": 1, "x": 5}}]}
+    assert document(upstream, the_route) == {
+        "days": [{"regions": {"n": 1.5, "s": 0.5}}, {"regions": {"n": 0.5, "s": 0.5}}]
+    }
+
+
+# -- per-value problems are imputed, clamped or rounded, never reported ---------------------
 
 
 @pytest.mark.parametrize(
-    ("document", "path"),
-    [
-        ({}, "$.count"),
-        ({"regions": {"a": 1}}, "$.regions[*]"),
-        ({"histogram": [1]}, "$.histogram.*"),
-        ({"a": 1}, "$.a.b"),
-        ([1], "$.a"),
-    ],
+    "value",
+    [None, "12", True, [], {}, float("nan"), float("inf"), -float("inf")],
 )
-def test_a_missing_field_or_wrong_shape_fails(document: Any, path: str) -> None:
-    with pytest.raises(jsonpath.MissingFieldError):
-        jsonpath.select(document, path)
+def test_an_unusable_count_is_imputed_as_zero(value: Any) -> None:
+    assert document({"count": value}, route()) == {"count": 0.5}
+    assert document({}, route()) == {"count": 0.5}
+    assert document([1, 2], route()) == {"count": 0.5}
 
 
-@pytest.mark.parametrize("path", ["count", "$..a", "$.a[0]", "$['a']", "$.a[?(@.x)]"])
-def test_paths_outside_the_subset_are_refused(path: str) -> None:
-    with pytest.raises(ValueError, match="JSON path"):
-        jsonpath.parse(path)
+def test_a_declared_impute_replaces_the_default() -> None:
+    the_route = route(fields=[{"path": "$.count", "kind": "count", "impute": 10}])
+    assert document({"count": "n/a"}, the_route) == {"count": 10.5}
 
 
-# -- sensitivity of a field's vector -----------------------------------------------------
+def test_counts_are_clamped_to_zero_and_every_value_to_two_to_the_53() -> None:
+    assert document({"count": -40}, route()) == {"count": 0.5}
+    assert document({"count": 10**400}, route()) == {"count": 2.0**53 + 0.5}
+    the_sum = route(fields=[{"path": "$.s", "kind": "sum", "bounds": {"lower": -1, "upper": 1}}])
+    assert document({"s": -(10**30)}, the_sum) == {"s": -(2.0**53) + 0.5}
 
 
-def _field(**raw: Any) -> dppolicy.Field:
-    return dppolicy.Field.model_validate(raw)
-
-
-def test_histogram_bins_are_one_release_of_the_per_value_sensitivity() -> None:
-    field = _field(path="$.h.*", kind="histogram", contributionsPerIndividual=3)
-    assert release.vector_sensitivity(field, "laplace", 50) == 3
-    assert release.vector_sensitivity(field, "gaussian", 50) == 3
-
-
-def test_overlapping_counts_add_up_in_l1_and_in_quadrature_in_l2() -> None:
-    field = _field(path="$.r[*].n", kind="count")
-    assert release.vector_sensitivity(field, "laplace", 4) == 4
-    assert release.vector_sensitivity(field, "gaussian", 4) == 2
-    assert release.vector_sensitivity(field, "gaussian", 2) == Decimal("1.414214")
-
-
-def test_sums_use_bounds_and_an_explicit_sensitivity_only_raises() -> None:
-    field = _field(path="$.s", kind="sum", bounds={"lower": -2, "upper": 5})
-    assert release.vector_sensitivity(field, "laplace", 1) == 5
-    raised = _field(path="$.s", kind="sum", bounds={"lower": 0, "upper": 5}, sensitivity=7)
-    assert release.vector_sensitivity(raised, "laplace", 1) == 7
-
-
-def test_quantiles_are_refused_with_501() -> None:
-    field = {"path": "$.m", "kind": "quantile", "quantile": 0.5, "bounds": {"lower": 0, "upper": 1}}
-    with pytest.raises(release.UnsupportedFieldError, match="histogram") as refused:
-        release.vector_sensitivity(dppolicy.Field.model_validate(field), "laplace", 1)
-    assert (refused.value.status, refused.value.reason) == (501, "field-kind-unsupported")
-    the_route = route(fields=[{"path": "$.count", "kind": "count"}, field])
-    with pytest.raises(release.UnsupportedFieldError):
-        # Refused before anything is selected: even an answer without the field.
-        release.prepare({"count": 3}, the_route, planner=mechanisms.plan)
-
-
-def test_a_means_noised_sums_have_the_sum_sensitivity_plus_rounding_for_discrete_kinds() -> None:
-    mean = _field(
-        path="$.r[*].avg",
-        kind="mean",
-        bounds={"lower": -2, "upper": 5},
-        countPath="$.r[*].n",
-        contributionsPerIndividual=2,
-    )
-    assert release.vector_sensitivity(mean, "laplace", 1) == 10
-    assert release.vector_sensitivity(mean, "laplace", 3) == 30
-    assert release.vector_sensitivity(mean, "gaussian", 4) == 20
-    assert release.vector_sensitivity(mean, "discreteLaplace", 1) == 11
-    assert release.vector_sensitivity(mean, "discreteGaussian", 4) == 22
-
-
-# -- prepare and apply -------------------------------------------------------------------
-
-
-def test_a_single_field_route_charges_its_plan_unchanged() -> None:
-    prepared = release.prepare({"count": 40}, route(), planner=mechanisms.plan)
-    expected = mechanisms.plan(
-        "laplace", sensitivity=Decimal(1), epsilon=Decimal("0.5"), delta=Decimal(0), length=1
-    )
-    assert prepared.charge == expected.release
-
-
-def test_noise_replaces_every_covered_value_and_nothing_else() -> None:
-    document = {
-        "count": 40,
-        "regions": [{"name": "north", "count": 30}, {"name": "south", "count": 12}],
-        "note": "fixed",
-    }
-    the_route = route(
-        fields=[
-            {"path": "$.count", "kind": "count"},
-            {"path": "$.regions[*].count", "kind": "count"},
-        ]
-    )
-    prepared = release.prepare(document, the_route, planner=shifting_planner(0.25))
-    released = release.apply(prepared, min_cohort=0)
-    assert released.document == {
-        "count": 40.25,
-        "regions": [{"name": "north", "count": 30.25}, {"name": "south", "count": 12.25}],
-        "note": "fixed",
-    }
-    assert released.suppressed == ()
-
-
-def test_small_cohorts_are_nulled_with_their_group() -> None:
-    document = {"regions": [{"count": 3, "sum": 50.0}, {"count": 40, "sum": 900.0}]}
-    the_route = route(
-        minCohort=10,
-        fields=[
-            {"path": "$.regions[*].count", "kind": "count"},
-            {"path": "$.regions[*].sum", "kind": "sum", "bounds": {"lower": 0, "upper": 100}},
-        ],
-    )
-    prepared = release.prepare(document, the_route, planner=shifting_planner(0.0))
-    released = release.apply(prepared, min_cohort=10)
-    assert released.document == {
-        "regions": [{"count": None, "sum": None}, {"count": 40.0, "sum": 900.0}]
-    }
-    assert set(released.suppressed) == {"$.regions[0].count", "$.regions[0].sum"}
-
-
-def test_histogram_bins_are_suppressed_one_by_one() -> None:
-    the_route = route(minCohort=5, fields=[{"path": "$.h.*", "kind": "histogram"}])
-    prepared = release.prepare({"h": {"a": 2, "b": 9}}, the_route, planner=shifting_planner(0.0))
-    released = release.apply(prepared, min_cohort=5)
-    assert released.document == {"h": {"a": None, "b": 9.0}}
+def test_discrete_mechanisms_round_non_integers() -> None:
+    the_route = route(mechanism="discreteLaplace")
+    assert document({"count": 7.4}, the_route, shift=2) == {"count": 9}
+    assert document({"count": 7.6}, the_route, shift=2) == {"count": 10}
+    assert document({"count": "x"}, the_route, shift=2) == {"count": 2}
 
 
 def test_post_processing_clamps_and_rounds() -> None:
@@ -208,265 +204,191 @@ def test_post_processing_clamps_and_rounds() -> None:
             {"path": "$.b", "kind": "count", "postProcess": {"round": True}},
         ]
     )
-    prepared = release.prepare({"a": 1, "b": 10}, the_route, planner=shifting_planner(-2.6))
-    assert release.apply(prepared, min_cohort=0).document == {"a": 0.0, "b": 7}
+    assert document({"a": 1, "b": 10}, the_route, shift=-2.6) == {"a": 0.0, "b": 7}
 
 
-@pytest.mark.parametrize(
-    ("document", "error"),
-    [
-        ({"count": "12"}, release.FieldValueError),
-        ({"count": None}, release.FieldValueError),
-        ({"count": True}, release.FieldValueError),
-        ({"count": math.inf}, release.FieldValueError),
-        ({"total": 1}, release.MissingFieldError),
-    ],
-)
-def test_unusable_covered_values_refuse_the_answer(document: Any, error: type[Exception]) -> None:
-    with pytest.raises(error):
-        release.prepare(document, route(), planner=mechanisms.plan)
+# -- means --------------------------------------------------------------------------------
 
-
-def test_discrete_mechanisms_need_integers() -> None:
-    the_route = route(mechanism="discreteLaplace")
-    assert release.prepare({"count": 7.0}, the_route, planner=mechanisms.plan).fields[0].values == (
-        7,
-    )
-    with pytest.raises(release.FieldValueError, match="integer"):
-        release.prepare({"count": 7.5}, the_route, planner=mechanisms.plan)
-
-
-# -- means -------------------------------------------------------------------------------
-
-MEAN_FIELDS: list[dict[str, Any]] = [
+MEAN_FIELDS = [
     {"path": "$.avg", "kind": "mean", "bounds": {"lower": 0, "upper": 100}, "countPath": "$.n"},
     {"path": "$.n", "kind": "count"},
 ]
 
 
 def test_a_mean_is_released_as_noisy_sum_over_noisy_count() -> None:
-    prepared = release.prepare(
-        {"avg": 20.0, "n": 10}, route(fields=MEAN_FIELDS), planner=shifting_planner(5.0)
-    )
-    mean, count = prepared.fields
-    assert mean.values == (200.0,)  # the reconstructed sum is what gets noised
-    assert mean.count_index == 1
-    assert count.values == (10,)
-    released = release.apply(prepared, min_cohort=0)
-    assert released.document == {"avg": pytest.approx(205 / 15), "n": 15.0}
+    # sum 20 * 10 = 200, noisy 205; count noisy 15: mean 205 / 15.
+    result = document({"avg": 20.0, "n": 10}, route(fields=MEAN_FIELDS), shift=5.0)
+    assert result == {"avg": pytest.approx(205 / 15), "n": 15.0}
 
 
 @pytest.mark.parametrize(
-    ("answer", "expected_sum"),
-    [({"avg": 150.0, "n": 4}, 400.0), ({"avg": -3.0, "n": 4}, 0.0), ({"avg": None, "n": 0}, 0)],
-)
-def test_a_mean_is_clamped_to_its_bounds_and_may_be_null_only_for_an_empty_cohort(
-    answer: dict[str, Any], expected_sum: float
-) -> None:
-    prepared = release.prepare(answer, route(fields=MEAN_FIELDS), planner=shifting_planner(0.0))
-    assert prepared.fields[0].values == (expected_sum,)
-
-
-def test_the_released_mean_is_clamped_and_its_count_floored_at_one() -> None:
-    bounds = dppolicy.Bounds(lower=0, upper=100)
-    assert release.noisy_mean(500.0, 2.0, bounds) == 100.0
-    assert release.noisy_mean(-5.0, 3.0, bounds) == 0.0
-    assert release.noisy_mean(40.0, -7.0, bounds) == 40.0  # divides by 1, not by -7
-    assert release.noisy_mean(30, 4, bounds) == 7.5
-
-
-@pytest.mark.parametrize(
-    ("answer", "error", "message"),
+    ("answer", "mean"),
     [
-        ({"avg": None, "n": 3}, release.FieldValueError, r"\$\.avg is not a number"),
-        ({"avg": "7", "n": 3}, release.FieldValueError, "not a number"),
-        ({"avg": 7.0, "n": -1}, release.FieldValueError, "negative"),
-        ({"avg": 1e308, "n": 10}, release.FieldValueError, "not finite"),
-        ({"avg": 7.0}, release.MissingFieldError, r"\$\.n"),
+        ({"avg": 500.0, "n": 2}, 100.0),  # clamped to the upper bound
+        ({"avg": "x", "n": 2}, 0.0),  # imputed: bounds.lower
+        ({"avg": None, "n": 0}, 0.0),  # an empty cohort: sum 0, count floored at 1
+        ({"n": 4}, 0.0),
     ],
 )
-def test_unusable_means_refuse_the_answer(
-    answer: dict[str, Any], error: type[Exception], message: str
-) -> None:
-    wide = [{**MEAN_FIELDS[0], "bounds": {"lower": 0, "upper": 1e308}}, MEAN_FIELDS[1]]
-    with pytest.raises(error, match=message):
-        release.prepare(answer, route(fields=wide), planner=mechanisms.plan)
+def test_a_mean_is_clamped_and_imputed(answer: dict[str, Any], mean: float) -> None:
+    assert document(answer, route(fields=MEAN_FIELDS), shift=0.0)["avg"] == mean
 
 
-def test_means_and_counts_are_paired_in_order_and_must_match_in_number() -> None:
+def test_means_pair_with_their_counts_key_by_key() -> None:
     fields = [
-        {**MEAN_FIELDS[0], "path": "$.g[*].avg", "countPath": "$.g[*].n"},
+        {
+            "path": "$.g[*].avg",
+            "kind": "mean",
+            "bounds": {"lower": 0, "upper": 10},
+            "countPath": "$.g[*].n",
+        },
         {"path": "$.g[*].n", "kind": "count"},
     ]
-    document = {"g": [{"avg": 10.0, "n": 2}, {"avg": 30.0, "n": 4}]}
-    prepared = release.prepare(document, route(fields=fields), planner=shifting_planner(0.0))
-    assert prepared.fields[0].values == (20.0, 120.0)
-    mismatched = {"g": [{"avg": 10.0, "n": 2}, {"avg": 30.0, "other": 4}]}
-    with pytest.raises(release.MissingFieldError):
-        release.prepare(mismatched, route(fields=fields), planner=mechanisms.plan)
-    loose = [{**fields[0], "countPath": "$.n"}, {"path": "$.n", "kind": "count"}]
-    with pytest.raises(release.FieldValueError, match="selects 2 values but its countPath"):
-        release.prepare({**document, "n": 6}, route(fields=loose), planner=mechanisms.plan)
+    the_route = route(
+        fields=fields, domains=[{"path": "$.g[*]", "keyField": "k", "keys": ["x", "y"]}]
+    )
+    upstream = {"g": [{"k": "y", "avg": 4.0, "n": 2}, {"k": "x", "avg": 1.0, "n": 8}]}
+    assert document(upstream, the_route, shift=0.0) == {
+        "g": [{"k": "x", "avg": 1.0, "n": 8.0}, {"k": "y", "avg": 4.0, "n": 2.0}]
+    }
 
 
-@pytest.mark.parametrize(
-    "count",
-    [
-        None,
-        {"path": "$.n", "kind": "histogram"},
-        {"path": "$.n", "kind": "count", "contributionsPerIndividual": 1},
-    ],
-)
-def test_a_mean_without_a_covered_count_is_refused_with_the_operators_message(
-    count: dict[str, Any] | None,
-) -> None:
-    mean = {**MEAN_FIELDS[0], "contributionsPerIndividual": 2}
-    the_route = route(fields=[mean] if count is None else [mean, count])
-    with pytest.raises(release.UnsupportedFieldError, match="count") as refused:
-        release.prepare({"avg": 1.0, "n": 3}, the_route, planner=mechanisms.plan)
-    assert refused.value.status == 501
+# -- suppression ----------------------------------------------------------------------------
 
 
-def test_discrete_kinds_noise_the_reconstructed_sum_rounded_to_an_integer() -> None:
-    the_route = route(mechanism="discreteLaplace", fields=MEAN_FIELDS)
-    prepared = release.prepare({"avg": 2.5, "n": 3}, the_route, planner=mechanisms.plan)
-    assert prepared.fields[0].values == (8,)  # round(7.5), an integer for the exact sampler
-    assert isinstance(prepared.fields[0].values[0], int)
-    document = release.apply(prepared, min_cohort=0).document
-    assert 0.0 <= document["avg"] <= 100.0
-    assert isinstance(document["n"], int)
+def test_small_cohorts_are_nulled_with_their_group_and_counted_not_annotated() -> None:
+    the_route = route(
+        fields=[
+            {"path": "$.g[*].n", "kind": "count"},
+            {"path": "$.g[*].s", "kind": "sum", "bounds": {"lower": 0, "upper": 5}},
+        ],
+        domains=[{"path": "$.g[*]", "length": 2}],
+        constants=[{"path": "$.unit", "value": "eur"}],
+    )
+    upstream = {"g": [{"n": 3, "s": 10}, {"n": 50, "s": 20}]}
+    result = released(upstream, the_route, shift=0.0, min_cohort=5)
+    assert result.document == {"unit": "eur", "g": [{"n": None, "s": None}, {"n": 50.0, "s": 20.0}]}
+    assert result.suppressed == 2
+    assert "_dp" not in release.render(result).decode()
+
+
+def test_histogram_bins_are_suppressed_one_by_one() -> None:
+    the_route = route(
+        fields=[{"path": "$.h.*", "kind": "histogram"}],
+        domains=[{"path": "$.h.*", "keys": ["a", "b"]}],
+    )
+    result = released({"h": {"a": 2, "b": 9}}, the_route, shift=0.0, min_cohort=5)
+    assert (result.document, result.suppressed) == ({"h": {"a": None, "b": 9.0}}, 1)
 
 
 def test_a_mean_is_nulled_with_its_suppressed_count_wherever_it_sits() -> None:
     fields = [
-        {**MEAN_FIELDS[0], "path": "$.means[*]", "countPath": "$.groups[*].n"},
-        {"path": "$.groups[*].n", "kind": "count"},
+        {
+            "path": "$.m.avg",
+            "kind": "mean",
+            "bounds": {"lower": 0, "upper": 9},
+            "countPath": "$.m.n",
+        },
+        {"path": "$.m.n", "kind": "count"},
     ]
-    document = {"means": [50.0, 60.0], "groups": [{"n": 3}, {"n": 40}]}
-    prepared = release.prepare(document, route(fields=fields), planner=shifting_planner(0.0))
-    released = release.apply(prepared, min_cohort=10)
-    assert released.document == {"means": [None, 60.0], "groups": [{"n": None}, {"n": 40.0}]}
-    assert set(released.suppressed) == {"$.groups[0].n", "$.means[0]"}
+    result = released({"m": {"avg": 3, "n": 2}}, route(fields=fields), shift=0.0, min_cohort=5)
+    assert (result.document, result.suppressed) == ({"m": {"avg": None, "n": None}}, 2)
 
 
-def test_a_value_selected_by_two_fields_is_refused() -> None:
-    the_route = route(
-        fields=[{"path": "$.h.*", "kind": "histogram"}, {"path": "$.h.a", "kind": "count"}]
+# -- partition selection ----------------------------------------------------------------------
+
+
+def _selected(**selection: Any) -> dppolicy.Route:
+    return route(
+        delta=1e-6,
+        fields=[
+            {"path": "$.regions.*.count", "kind": "count"},
+            {"path": "$.regions.*.total", "kind": "sum", "bounds": {"lower": 0, "upper": 5}},
+        ],
+        domains=[{"path": "$.regions.*", "partitionSelection": selection}],
     )
-    with pytest.raises(release.UnsupportedFieldError):
-        release.prepare({"h": {"a": 1}}, the_route, planner=mechanisms.plan)
 
 
-# -- the one charge of a multi-field route is never under-noised --------------------------
-
-
-def _true_loss(prepared: release.Prepared, mechanism: kinds.Mechanism) -> Fraction:
-    """The composed loss of the noise actually added: sum of eps_i (L1) or mu^2 (L2)."""
-    total = Fraction(0)
-    for item in prepared.fields:
-        if item.plan is None:
-            continue
-        base = release.vector_sensitivity(item.field, mechanism, len(item.values))
-        actual = Fraction(mechanisms.charged_sensitivity(mechanism, base, length=len(item.values)))
-        scale = Fraction(item.plan.release.scale)  # recorded scale <= the float really used
-        total += actual / scale if kinds.norm(mechanism) == "L1" else (actual / scale) ** 2
-    return total
-
-
-_FIELD_KINDS = strategies.sampled_from(["count", "sum", "histogram", "mean"])
-
-
-@hypothesis.settings(max_examples=60, deadline=None)
-@hypothesis.given(
-    mechanism=strategies.sampled_from(kinds.MECHANISMS),
-    epsilon=strategies.sampled_from([0.01, 0.1, 0.5, 1.0, 3.0]),
-    shapes=strategies.lists(
-        strategies.tuples(_FIELD_KINDS, strategies.integers(0, 6), strategies.integers(1, 4)),
-        min_size=1,
-        max_size=5,
-    ),
-)
-def test_the_reported_release_is_never_under_noised(
-    mechanism: kinds.Mechanism, epsilon: float, shapes: list[tuple[str, int, int]]
-) -> None:
-    delta = 1e-6 if kinds.is_gaussian(mechanism) else 0.0
-    document: dict[str, Any] = {}
-    fields = []
-    for index, (kind, length, contributions) in enumerate(shapes):
-        field: dict[str, Any] = {
-            "path": f"$.f{index}[*]",
-            "kind": kind,
-            "contributionsPerIndividual": contributions,
+def test_keys_are_released_only_when_their_noisy_count_reaches_the_threshold() -> None:
+    the_route = _selected(maxKeys=10)
+    threshold = route_cost.route_plan(the_route).selections[0].threshold
+    upstream = {
+        "regions": {
+            "big": {"count": threshold + 5, "total": 7},
+            "edge": {"count": threshold, "total": 1},  # noisy threshold + 0.5: released
+            "small": {"count": threshold - 1, "total": 1},  # noisy threshold - 0.5: dropped
         }
-        document[f"f{index}"] = list(range(length))
-        if kind in ("sum", "mean"):
-            field["bounds"] = {"lower": 0, "upper": 3}
-        if kind == "mean":  # a mean brings its count field, noised as its own field
-            document[f"f{index}"] = [{"m": 1.5, "n": value} for value in range(length)]
-            field.update(path=f"$.f{index}[*].m", countPath=f"$.f{index}[*].n")
-            fields.append(
-                {"path": f"$.f{index}[*].n", "kind": "count", "contributionsPerIndividual": 4}
-            )
-        fields.append(field)
-    the_route = route(mechanism=mechanism, epsilon=epsilon, delta=delta, fields=fields)
-    prepared = release.prepare(document, the_route, planner=mechanisms.plan)
-    if prepared.charge is None:
-        assert all(item.plan is None for item in prepared.fields)
-        return
-    charge = prepared.charge
-    assert charge.mechanism == mechanism
-    assert charge.epsilon == Decimal(repr(epsilon))
-    assert charge.delta == Decimal(repr(delta))
-    # The accountant's own check passes (it raises UnderNoisedError otherwise) ...
-    accounting.PureAccountant().release_cost(charge)
-    # ... and the charged release bounds the loss of all the noise that was really added.
-    reported = release.ratio(charge)
-    if kinds.norm(mechanism) == "L1":
-        assert _true_loss(prepared, mechanism) <= reported
-    else:
-        assert _true_loss(prepared, mechanism) <= reported**2
+    }
+    result = document(upstream, the_route)
+    assert list(result["regions"]) == ["big", "edge"]  # key order
+    assert result["regions"]["edge"] == {"count": threshold + 0.5, "total": 1.5}
 
 
-# -- cache -------------------------------------------------------------------------------
+def test_at_most_max_keys_are_released_the_largest_noisy_counts() -> None:
+    the_route = _selected(maxKeys=2)
+    threshold = route_cost.route_plan(the_route).selections[0].threshold
+    upstream = {"regions": {key: {"count": threshold + n} for n, key in enumerate("dcba")}}
+    assert list(document(upstream, the_route)["regions"]) == ["a", "b"]
 
 
-def test_query_strings_are_normalised() -> None:
-    assert cache.normalise_query("b=2&a=1&a=0") == "a=0&a=1&b=2"
-    first = cache.key(method="GET", path="/s", query="b=2&a=1", body=b"", policy_hash="h")
-    same = cache.key(method="get", path="/s", query="a=1&b=2", body=b"", policy_hash="h")
-    other_hash = cache.key(method="GET", path="/s", query="a=1&b=2", body=b"", policy_hash="g")
-    other_body = cache.key(method="GET", path="/s", query="a=1&b=2", body=b"x", policy_hash="h")
-    assert first == same
-    assert len({first, other_hash, other_body}) == 3
+def test_selection_drops_overlong_keys_and_non_string_names() -> None:
+    the_route = route(
+        delta=1e-6,
+        fields=[{"path": "$.g[*].n", "kind": "count"}],
+        domains=[{"path": "$.g[*]", "keyField": "id", "partitionSelection": {}}],
+    )
+    threshold = route_cost.route_plan(the_route).selections[0].threshold
+    upstream = {
+        "g": [
+            {"id": "x" * 300, "n": threshold * 2},
+            {"id": 7, "n": threshold * 2},
+            {"id": "ok", "n": threshold * 2},
+        ]
+    }
+    assert document(upstream, the_route) == {"g": [{"id": "ok", "n": threshold * 2 + 0.5}]}
 
 
-def test_cached_answers_expire_and_the_cache_is_bounded() -> None:
-    now = [100.0]
-    answers = cache.AnswerCache(max_entries=2, clock=lambda: now[0])
-    for name in ("a", "b", "c"):
-        answers.put(name, status=200, body=name.encode(), headers=(), ttl_seconds=10)
-    assert answers.get("a") is None  # evicted (it will simply be charged again)
-    cached = answers.get("b")
-    assert cached is not None
-    assert cached.body == b"b"
-    now[0] = 110.0
-    assert answers.get("b") is None
+# -- rendering and the generic failure ---------------------------------------------------------
 
 
-async def test_concurrent_identical_requests_compute_once() -> None:
-    answers = cache.AnswerCache(max_entries=10, clock=lambda: 0.0)
-    calls = 0
+def test_render_is_compact_deterministic_json() -> None:
+    result = released({"count": 3}, route(constants=[{"path": "$.unit", "value": "p"}]))
+    assert release.render(result) == b'{"unit":"p","count":3.5}'
 
-    async def compute() -> cache.CachedAnswer:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.01)
-        answers.put("k", status=200, body=b"x", headers=(), ttl_seconds=5)
-        return cache.CachedAnswer(status=200, body=b"x", headers=(), expires=5)
 
-    results = await asyncio.gather(*(answers.single_flight("k", compute) for _ in range(5)))
-    assert calls == 1
-    assert sorted(hit for _, hit in results) == [False, True, True, True, True]
+def test_the_failure_body_is_constant_and_generic() -> None:
+    body = json.loads(release.failure_body())
+    assert body["error"] == "release-failed"
+    assert release.failure_body() == release.failure_body()
+
+
+def test_a_failing_sampler_raises_a_noise_error() -> None:
+    class Broken(ShiftSampler):
+        def release(self, values: Sequence[float | int]) -> list[float | int]:
+            raise mechanisms.SamplerError("boom")
+
+    def planner(mechanism: str, **arguments: Any) -> mechanisms.Plan:
+        return dataclasses.replace(mechanisms.plan(mechanism, **arguments), sampler=Broken(0))
+
+    plan = route_cost.route_plan(route(), planner=planner)
+    with pytest.raises(release.NoiseError):
+        release.release_document({"count": 1}, plan, min_cohort=0)
+
+
+def test_real_noise_is_finite_and_the_shape_holds() -> None:
+    the_route = route(
+        fields=[{"path": "$.h.*", "kind": "histogram"}],
+        domains=[{"path": "$.h.*", "keys": ["a", "b", "c"]}],
+    )
+    plan = route_cost.route_plan(the_route)
+    result = release.release_document({"h": {"a": 5}}, plan, min_cohort=0).document
+    assert list(result["h"]) == ["a", "b", "c"]
+    assert all(math.isfinite(value) for value in result["h"].values())
+
+
+def test_paths_outside_the_subset_are_refused() -> None:
+    with pytest.raises(ValueError, match="supported subset"):
+        jsonpath.parse("$.a[0]")
 
 
 # -- configuration -----------------------------------------------------------------------

@@ -22,7 +22,7 @@ import statistics
 import scipy.stats
 
 from hush.api import dppolicy
-from hush.privacy import mechanisms
+from hush.privacy import route_cost
 from hush.sidecar import release
 
 RELEASES = 20_000
@@ -39,18 +39,14 @@ def test_gaussian_releases_match_the_declared_scale() -> None:
             "fields": [{"path": "$.count", "kind": "count"}],
         }
     )
+    plan = route_cost.route_plan(route)
+    [field] = plan.fields
+    scale = field.plan.sampler.scale
+    assert float(plan.charge.scale) <= scale  # the ledger never records more noise
     samples: list[float] = []
-    scale = None
     for _ in range(RELEASES):
-        prepared = release.prepare({"count": TRUE_COUNT}, route, planner=mechanisms.plan)
-        [field] = prepared.fields
-        assert field.plan is not None
-        assert prepared.charge is not None
-        scale = field.plan.sampler.scale
-        assert float(prepared.charge.scale) <= scale  # the ledger never records more noise
-        value = release.apply(prepared, min_cohort=0).document["count"]
-        samples.append(float(value))
-    assert scale is not None
+        value = release.release_document({"count": TRUE_COUNT}, plan, min_cohort=0).document
+        samples.append(float(value["count"]))
     result = scipy.stats.kstest(samples, scipy.stats.norm(loc=TRUE_COUNT, scale=scale).cdf)
     assert result.pvalue > 1e-7, result
     variance = statistics.variance(samples, TRUE_COUNT)
@@ -80,21 +76,16 @@ def test_released_means_are_unbiased_with_the_calibrated_variance() -> None:
                 },
                 {"path": "$.g[*].n", "kind": "count"},
             ],
+            "domains": [{"path": "$.g[*]", "length": groups}],
         }
     )
+    plan = route_cost.route_plan(route)
+    sigma_sum, sigma_count = (field.plan.sampler.scale for field in plan.fields)
+    document = {"g": [{"avg": true_mean, "n": people} for _ in range(groups)]}
     means: list[float] = []
-    sigmas: tuple[float, float] | None = None
     for _ in range(answers):
-        document = {"g": [{"avg": true_mean, "n": people} for _ in range(groups)]}
-        prepared = release.prepare(document, route, planner=mechanisms.plan)
-        mean_plan, count_plan = (field.plan for field in prepared.fields)
-        assert mean_plan is not None
-        assert count_plan is not None
-        sigmas = (mean_plan.sampler.scale, count_plan.sampler.scale)
-        released = release.apply(prepared, min_cohort=0).document
+        released = release.release_document(document, plan, min_cohort=0).document
         means.extend(group["avg"] for group in released["g"])
-    assert sigmas is not None
-    sigma_sum, sigma_count = sigmas
     # The sums are calibrated to sensitivity max(|lower|, |upper|) = 100 times the count's.
     assert abs(sigma_sum / sigma_count - 100) < 1e-6
     expected_variance = (sigma_sum**2 + true_mean**2 * sigma_count**2) / people**2

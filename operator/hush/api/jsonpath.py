@@ -7,7 +7,7 @@ indices, slices or recursive descent: a path names the same places whatever the 
 Owns parsing and the relations between two paths that the policy's checks need
 (``wildcard_prefixes``: where a path needs a domain; ``collide``: two paths that would claim
 the same place of the released document). Reading or writing documents is the sidecar's
-(``hush.sidecar.jsonpath``); which domain a prefix has is ``hush.privacy.route_cost``'s.
+(``hush.sidecar.release``); which domain a prefix has is ``hush.privacy.route_cost``'s.
 """
 
 from __future__ import annotations

@@ -339,6 +339,14 @@ def route_problems(route: dppolicy.Route) -> list[tuple[str, str]]:
             field_domains(route, field.path)
         except RouteError as error:
             problems.append((error.reason, str(error)))
+        if field.path.startswith("$[*]"):
+            problems.append(
+                (
+                    "DocumentNotAnObject",
+                    f"{where} makes the whole answer an array: the released document is an "
+                    "object, so put the array under a key (e.g. $.rows[*])",
+                )
+            )
     used = {prefix for field in route.fields for prefix in jsonpath.wildcard_prefixes(field.path)}
     seen: set[str] = set()
     for domain in route.domains:

@@ -1,56 +1,44 @@
-"""One route release, as pure functions: what to noise, what it costs, the noisy answer.
+"""One route release, as pure functions: the released document, *built* from the policy.
 
-``prepare`` selects every covered value of a parsed answer, checks it is a number, and plans
-the noise of each field; ``Prepared.charge`` is the one ``accounting.Release`` the accountant
-is asked to reserve for the whole answer. ``apply`` then noises (randomness only through the
-planned samplers), post-processes and suppresses small cohorts, in place.
+The application's answer is input, never output (release-contract.md; docs/design/0018).
+``release_document`` reads, for every declared field, the value at each concrete location its
+domains declare, cleans it (imputes what is missing or unusable, clamps, rounds for the
+discrete kinds), noises each field's vector with the plan's sampler, selects the keys of open
+key sets by their noisy counts, post-processes and suppresses small cohorts, and writes a
+*new* document holding the declared constants and those values, nothing else. ``render``
+encodes it; ``failure_body`` is the one generic answer of a whole-answer failure.
 
-Sensitivity of a field's vector of ``n`` selected values (``vector_sensitivity``), from the
-per-value sensitivity ``D`` (the larger of ``hush.privacy.sensitivity.derived`` and an
-explicit ``sensitivity``):
+What leaves, exactly:
+- the constants, at their paths;
+- every field at every location its domains declare: fixed keys in declared order, elements
+  ``0..length-1``, keyed arrays ``[{keyField: key, member: value, ...}, ...]`` in declared key
+  order; for partition selection, only keys (from the answer) whose noisy count reaches the
+  plan's threshold, at most ``maxKeys`` (the largest noisy counts), in key order. A key the
+  policy does not declare is dropped; a declared key the answer lacks is a noisy imputed value;
+- nothing else: no upstream key, string, number, array length or annotation.
 
-- ``histogram``: the bins are disjoint, so one individual's ``c`` rows move the vector by at
-  most ``D = c`` in L1 and, all in one bin at worst, at most ``c`` in L2: ``D`` in both norms
-  (parallel composition: the whole histogram is one release).
-- ``count`` and ``sum``: nothing says the selected values are disjoint (``$.regions[*].count``
-  may count overlapping groups), so one individual may move all ``n``: ``n * D`` in L1,
-  ``sqrt(n) * D`` in L2 (rounded up).
-- ``mean`` (docs/design/0010-sidecar-means-and-quantiles.md): the field names its cohort
-  count (``countPath``), which must be a ``count`` field of the same route. The sidecar
-  reconstructs each sum as ``clamp(mean, bounds) * count`` and noises that vector like a
-  ``sum`` (per value ``D = max(|lower|, |upper|) * c``, plus 1 for the discrete kinds, which
-  round the reconstructed sum to an integer); the released mean is
-  ``clamp(noisy sum / max(noisy count, 1), bounds)``, post-processing of two noisy vectors
-  of the same release. A count that is suppressed nulls its mean.
-- ``quantile`` is refused (``UnsupportedFieldError``, 501): a DP quantile needs the data,
-  which the answer does not carry; the operator reports such a policy not Ready.
+Per-value cleaning (``clean_value``; the client cannot tell an imputed value from a real one):
+not a number (missing, a string, a bool, null, an object), NaN or infinite -> ``impute``
+(default 0 for count, histogram and sum, ``bounds.lower`` for mean); counts and histogram bins
+below 0 -> 0; every value clamped to +-``LARGEST_VALUE`` (2**53, where floats stop being exact
+integers) and a mean to its bounds; the discrete kinds round to an integer. Clamping is
+1-Lipschitz, so it never raises a sensitivity; imputation replaces only what an honest
+application never produces. A mean is noised as its reconstructed sum
+``clamp(mean, bounds) * count`` (docs/design/0010), the count being the cleaned value of its
+count field at the same location, and released as ``clamp(noisy sum / max(noisy count, 1),
+bounds)``.
 
-Several fields on one route (docs/design/0009-sidecar-release-accounting.md). The route's
-declared (epsilon, delta) is charged once per answer, so the ``k`` fields share it. Field
-``i`` gets weight ``w = 1/k`` and is calibrated *at the route's (epsilon, delta)* for an
-inflated sensitivity ``S'_i = D_i / w`` (Laplace kinds) or ``D_i / sqrt(w)`` (Gaussian
-kinds), where ``D_i`` already includes the lattice slack (``mechanisms.charged_sensitivity``).
-Each field's own ``plan.release`` (S'_i, scale_i) therefore passes the accountant's
-under-noise check by construction, and the release charged is the field's release with the
-largest ratio ``S'_i / scale_i``:
+Suppression is post-processing of noisy values: a ``count`` or ``histogram`` value whose
+post-processed noisy value is below ``min_cohort`` becomes null, and so does every value of
+the route's *other* fields in the same JSON object (the sum of a suppressed group) and every
+mean that divides by it. ``Released.suppressed`` counts the nulls for the ``X-DP-Suppressed``
+header; the body carries no annotation (its paths are the policy's).
 
-- Laplace kinds: the answer's privacy loss is ``sum_i D_i / b_i = sum_i w (S'_i / b_i)
-  <= max_i S'_i / b_i`` (a weighted mean is at most its maximum), which is the pure epsilon
-  of the charged release. The Renyi curve of Laplace noise is convex in that epsilon with
-  value 0 at 0, hence superadditive, so the composed answer's RDP (the sum of the fields')
-  is also below the charged release's at every order; and its rho ``sum eps_i^2 / 2`` is
-  below ``(sum eps_i)^2 / 2``, which zCDP accounting charges. So every accounting mode
-  charges at least the true loss.
-- Gaussian kinds: independent Gaussians compose exactly into one Gaussian with
-  ``mu^2 = sum_i (D_i / sigma_i)^2 = sum_i w (S'_i / sigma_i)^2 <= max_i (S'_i/sigma_i)^2``
-  (Dong, Roth & Su 2019, Cor. 3.3; the privacy-loss distributions are normal and add), and
-  every Gaussian guarantee (eps-delta profile, rho, RDP) is monotone in mu.
-
-With one field ``w = 1``: the field's plan is charged unchanged. The weights are fixed by the
-policy (the number of fields), never by the answer, so the split itself reveals nothing.
-
-``render`` turns the released document into the answer's bytes; the proxy runs ``apply``
-and ``render`` together under the route's release deadline (``hush.sidecar.deadline``).
+The cost (sensitivities, weights, thresholds, the one charge) is ``hush.privacy.route_cost``'s,
+fixed by the policy before the answer is read. Randomness only through the plan's samplers.
+``release_document`` never raises because of the answer (any JSON value: wrong types, extra
+keys, NaN, huge numbers, deep nesting); only a failing sampler raises (``NoiseError``), and
+the caller then sends ``failure_body`` (charged, like every outcome after the upstream call).
 
 What this module does not do: talk to anyone (``proxy``), cache (``cache``), or clamp the
 rows behind a ``sum`` or ``mean`` (only the application sees rows; the bounds are its
@@ -60,276 +48,237 @@ contract, and its floating-point sum or mean is taken as exact).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
-from collections.abc import Callable
-from decimal import Decimal
-from fractions import Fraction
+from collections.abc import Iterator
 from typing import Any
 
 from hush.api import dppolicy
-from hush.privacy import accounting, amounts, kinds, mechanisms, sensitivity
-from hush.reconcile import dppolicy as policy_reconcile
-from hush.sidecar import jsonpath
+from hush.api import jsonpath as paths
+from hush.privacy import mechanisms, route_cost
 
-Planner = Callable[..., mechanisms.Plan]
-"""``mechanisms.plan``'s signature: (mechanism, *, sensitivity, epsilon, delta, length)."""
+# Where floats stop being exact integers; every cleaned value lies within +-2**53.
+LARGEST_VALUE = 2**53
+# Longer keys of an open key set are dropped (before selection: a per-key rule).
+LARGEST_KEY = dppolicy.DOMAIN_KEY_MAX_LENGTH
 
-
-class ReleaseError(Exception):
-    """The answer cannot be released; ``reason`` is a stable code, the message has no values."""
-
-    reason = "release-failed"
-    status = 502
-
-
-class FieldValueError(ReleaseError):
-    reason = "covered-field-invalid"
-
-
-class MissingFieldError(ReleaseError):
-    reason = "covered-field-missing"
+_FAILURE_BODY = json.dumps(
+    {
+        "error": "release-failed",
+        "message": "The answer could not be released. This outcome was charged like a release "
+        "and says nothing about the data; retrying within the cache TTL returns it again.",
+    },
+    separators=(",", ":"),
+).encode()
 
 
-class UnsupportedFieldError(ReleaseError):
-    reason = "field-kind-unsupported"
-    status = 501
-
-
-class NoiseError(ReleaseError):
-    reason = "noise-failed"
-    status = 500
-
-
-@dataclasses.dataclass(frozen=True)
-class PreparedField:
-    field: dppolicy.Field
-    locations: tuple[jsonpath.Location, ...]
-    values: tuple[float | int, ...]  # what is noised: for a mean, the reconstructed sums
-    plan: mechanisms.Plan | None  # None when the path selected nothing
-    count_index: int | None = None  # for a mean: its count field's index in ``fields``
-
-
-@dataclasses.dataclass(frozen=True)
-class Prepared:
-    """A parsed answer whose covered values are located and whose noise is planned."""
-
-    document: Any
-    route: dppolicy.Route
-    fields: tuple[PreparedField, ...]
-    charge: accounting.Release | None  # None when no covered value was selected
+class NoiseError(RuntimeError):
+    """The noise library failed (never because of the answer); send ``failure_body``."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Released:
-    document: Any
-    suppressed: tuple[str, ...]  # concrete JSON paths set to null
+    """The document to send and how many values in it were suppressed (nulled)."""
+
+    document: dict[str, Any]
+    suppressed: int
 
 
-def _ceil_sqrt(value: int) -> Decimal:
-    """sqrt(value) rounded up to 6 decimals, exactly."""
-    scaled = math.isqrt(value * 10**12)
-    if scaled * scaled < value * 10**12:
-        scaled += 1
-    return Decimal(scaled).scaleb(-6)
+Cell = tuple[str | int, ...]  # one key (or index) per wildcard of a field path
+_MISSING = object()
 
 
-def value_sensitivity(field: dppolicy.Field) -> Decimal:
-    """The per-value sensitivity: the derived one, or a larger explicit one."""
-    derived = sensitivity.derived(field)
-    if field.sensitivity is None:
-        return derived
-    return max(derived, amounts.exact(field.sensitivity))
+# -- reading the answer ----------------------------------------------------------------------
 
 
-def _refuse_quantile(field: dppolicy.Field) -> None:
-    if field.kind == "quantile":
-        raise UnsupportedFieldError(
-            f"Field {field.path} is a quantile: the sidecar sees only the aggregate answer, "
-            "and a differentially private quantile needs the data; publish a histogram over "
-            "fixed bins instead"
-        )
+class _Reader:
+    """Looks values up in the parsed answer by policy path and cell; never raises."""
+
+    def __init__(self, upstream: Any) -> None:
+        self._upstream = upstream
+        self._keyed: dict[tuple[int, str], dict[str, Any]] = {}
+
+    def _element(self, array: list[Any], key_field: str, key: str) -> Any:
+        """The first element of ``array`` whose ``key_field`` member is ``key``."""
+        index = self._keyed.get((id(array), key_field))
+        if index is None:
+            index = {}
+            for element in array:
+                if isinstance(element, dict):
+                    name = element.get(key_field)
+                    if isinstance(name, str) and name not in index:
+                        index[name] = element
+            self._keyed[(id(array), key_field)] = index
+        return index.get(key, _MISSING)
+
+    def container(self, steps: tuple[paths.Step, ...]) -> Any:
+        """The value at a path of keys only (a partition-selection domain's parent)."""
+        node = self._upstream
+        for step in steps:
+            if step.kind != "key" or not isinstance(node, dict):
+                return _MISSING
+            node = node.get(step.key, _MISSING)
+        return node
+
+    def value(
+        self,
+        steps: tuple[paths.Step, ...],
+        domains: tuple[dppolicy.Domain, ...],
+        cell: Cell,
+    ) -> Any:
+        node = self._upstream
+        wildcard = 0
+        for step in steps:
+            if node is _MISSING:
+                return _MISSING
+            if step.kind == "key":
+                node = node.get(step.key, _MISSING) if isinstance(node, dict) else _MISSING
+                continue
+            domain, key = domains[wildcard], cell[wildcard]
+            wildcard += 1
+            if step.kind == "values":
+                node = node.get(key, _MISSING) if isinstance(node, dict) else _MISSING
+            elif not isinstance(node, list):
+                node = _MISSING
+            elif domain.key_field is not None:
+                node = self._element(node, domain.key_field, str(key))
+            else:
+                position = int(key)
+                node = node[position] if position < len(node) else _MISSING
+        return node
 
 
-def vector_sensitivity(field: dppolicy.Field, mechanism: kinds.Mechanism, length: int) -> Decimal:
-    """The sensitivity (in the mechanism's norm) of the ``length`` values a field noises.
-
-    For a ``mean`` those are the reconstructed sums; the discrete kinds round each to an
-    integer, which can move two neighbouring sums apart by 1 more.
-    """
-    _refuse_quantile(field)
-    per_value = value_sensitivity(field)
-    if field.kind == "mean" and kinds.is_discrete(mechanism):
-        per_value += 1
-    if field.kind == "histogram" or length <= 1:
-        return per_value
-    if kinds.norm(mechanism) == "L1":
-        return per_value * length
-    return per_value * _ceil_sqrt(length)
-
-
-def field_sensitivity_for_route(
-    field: dppolicy.Field, mechanism: kinds.Mechanism, length: int, field_count: int
-) -> Decimal:
-    """``S'``: the sensitivity to calibrate at the route's full (epsilon, delta)."""
-    base = vector_sensitivity(field, mechanism, length)
-    if field_count == 1:
-        return base
-    charged = mechanisms.charged_sensitivity(mechanism, base, length=length)
-    if kinds.norm(mechanism) == "L1":
-        return charged * field_count
-    return charged * _ceil_sqrt(field_count)
+def candidate_keys(reader: _Reader, domain: dppolicy.Domain) -> list[str]:
+    """The keys the answer offers for an open key set, in key order (the noise is per key)."""
+    steps = paths.parse(domain.path)
+    parent = reader.container(steps[:-1])
+    found: set[str] = set()
+    if isinstance(parent, dict) and steps[-1].kind == "values":
+        found = {key for key in parent if isinstance(key, str)}
+    elif isinstance(parent, list) and domain.key_field is not None:
+        for element in parent:
+            if isinstance(element, dict):
+                name = element.get(domain.key_field)
+                if isinstance(name, str):
+                    found.add(name)
+    return sorted(key for key in found if len(key) <= LARGEST_KEY)
 
 
-def _number(location: jsonpath.Location, *, integer: bool) -> float | int:
-    value = location.get()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise FieldValueError(f"Covered value {location.path} is not a number")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise FieldValueError(f"Covered value {location.path} is not finite")
-    if integer:
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise FieldValueError(
-                    f"Covered value {location.path} is not an integer, which a discrete "
-                    "mechanism needs"
-                )
-            return int(value)
-        return value
+def _cells(
+    domains: tuple[dppolicy.Domain, ...], candidates: dict[str, list[str]]
+) -> Iterator[Cell]:
+    """Every cell the domains declare (a selected level: every candidate key), in order."""
+    levels: list[list[str | int]] = []
+    for domain in domains:
+        if domain.keys is not None:
+            levels.append(list(domain.keys))
+        elif domain.length is not None:
+            levels.append(list(range(domain.length)))
+        else:
+            levels.append(list(candidates.get(domain.path, [])))
+    return itertools.product(*levels)
+
+
+# -- cleaning ----------------------------------------------------------------------------------
+
+
+def _default(field: dppolicy.Field) -> float:
+    if field.impute is not None:
+        return field.impute
+    if field.kind == "mean" and field.bounds is not None:
+        return field.bounds.lower
+    return 0.0
+
+
+def _number(raw: Any) -> int | float | None:
+    """``raw`` if it is a usable number (not a bool, finite), else None."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return None
+    if isinstance(raw, float) and not math.isfinite(raw):
+        return None
+    return raw
+
+
+def _clamp(value: int | float, lower: float, upper: float) -> int | float:
+    # Compared exactly (a huge int against a float is exact in Python), then narrowed.
+    if value < lower:
+        return lower
+    if value > upper:
+        return upper
     return value
 
 
-def _reconstructed_sums(
-    item: dppolicy.Field,
-    locations: tuple[jsonpath.Location, ...],
-    count: PreparedField,
-    *,
-    integer: bool,
-) -> tuple[float | int, ...]:
-    """``clamp(mean, bounds) * count`` for each (mean, count) pair, in selection order.
+def clean_value(raw: Any, field: dppolicy.Field, *, integer: bool) -> int | float:
+    """The value noised for ``raw``: imputed if unusable, clamped, rounded for discrete kinds.
 
-    A mean may be null (or anything) only where its count is 0: its sum is then 0.
+    For a mean: the clamped mean itself (its sum is reconstructed with the count).
     """
-    if item.bounds is None:  # check_route refused it already
-        raise UnsupportedFieldError(f"Mean field {item.path} has no bounds")
-    if len(locations) != len(count.locations):
-        raise FieldValueError(
-            f"Mean field {item.path} selects {len(locations)} values but its countPath "
-            f"{item.count_path} selects {len(count.locations)}; they are paired in order"
-        )
-    lower, upper = item.bounds.lower, item.bounds.upper
-    sums: list[float | int] = []
-    for location, count_location, cohort in zip(
-        locations, count.locations, count.values, strict=True
-    ):
-        if cohort < 0:
-            raise FieldValueError(f"Count {count_location.path} of a mean is negative")
-        if cohort == 0:
-            sums.append(0)
-            continue
-        mean = float(_number(location, integer=False))
-        reconstructed = min(max(mean, lower), upper) * cohort
-        if not math.isfinite(reconstructed):
-            raise FieldValueError(f"Mean {location.path} times its count is not finite")
-        sums.append(round(reconstructed) if integer else reconstructed)
-    return tuple(sums)
+    value = _number(raw)
+    if value is None:
+        value = _default(field)
+    if field.kind == "mean" and field.bounds is not None:
+        value = _clamp(value, field.bounds.lower, field.bounds.upper)
+        return float(value)
+    lower = 0 if field.kind in ("count", "histogram") else -LARGEST_VALUE
+    value = _clamp(value, lower, LARGEST_VALUE)
+    if integer:
+        return value if isinstance(value, int) else round(value)
+    return float(value)
 
 
-def ratio(release: accounting.Release) -> Fraction:
-    """Sensitivity over scale: what every guarantee of one release is monotone in."""
-    return Fraction(release.sensitivity) / Fraction(release.scale)
+def _reconstructed_sum(mean: float, cohort: int | float, *, integer: bool) -> int | float:
+    """``clamp(mean) * count``, clamped like any value; 0 for an empty cohort."""
+    if cohort <= 0:
+        return 0 if integer else 0.0
+    total = mean * float(cohort)
+    if not math.isfinite(total):
+        total = math.copysign(float(LARGEST_VALUE), total)
+    total = float(_clamp(total, -LARGEST_VALUE, LARGEST_VALUE))
+    return round(total) if integer else total
 
 
-def check_route(route: dppolicy.Route) -> None:
-    """Refuse (``UnsupportedFieldError``) a route that no answer could be released for.
-
-    A quantile field, or a mean without a count field of the route to divide by: known from
-    the policy alone, so the proxy checks it once at start and refuses before asking the
-    application.
-    """
-    for field in route.fields:
-        _refuse_quantile(field)
-        if field.kind == "mean":
-            problem = policy_reconcile.mean_count_problem(route, field)
-            if problem is not None:
-                raise UnsupportedFieldError(problem)
+# -- the release -----------------------------------------------------------------------------
 
 
-def prepare(document: Any, route: dppolicy.Route, *, planner: Planner) -> Prepared:
-    """Locate and check the covered values, plan their noise and the one charge."""
-    mechanism = kinds.parse(route.mechanism)
-    integer = kinds.is_discrete(mechanism)
-    epsilon = amounts.exact(route.epsilon)
-    delta = amounts.exact(route.delta)
-    field_count = len(route.fields)
-    check_route(route)
-    claimed: set[tuple[int, str | int]] = set()
-    selected = [_select(document, route, field, claimed) for field in route.fields]
-    # Raw values first: a mean's values are rebuilt from its count field's raw values.
-    unplanned = [
-        PreparedField(
-            field, locations, () if field.kind == "mean" else _numbers(locations, integer), None
-        )
-        for field, locations in zip(route.fields, selected, strict=True)
-    ]
-    prepared: list[PreparedField] = []
-    charge: accounting.Release | None = None
-    for item in unplanned:
-        count_index = None
-        values = item.values
-        if item.field.kind == "mean":
-            count_index = policy_reconcile.mean_count_field(route, item.field)
-            if count_index is None:  # check_route refused it
-                raise UnsupportedFieldError(f"Mean field {item.field.path} has no count field")
-            values = _reconstructed_sums(
-                item.field, item.locations, unplanned[count_index], integer=integer
-            )
-        plan = None
-        if values:
-            calibrated = field_sensitivity_for_route(
-                item.field, mechanism, len(values), field_count
-            )
-            try:
-                plan = planner(
-                    mechanism,
-                    sensitivity=calibrated,
-                    epsilon=epsilon,
-                    delta=delta,
-                    length=len(values),
-                )
-            except (ValueError, mechanisms.SamplerError) as error:
-                raise NoiseError(f"Could not plan the noise of field {item.field.path}") from error
-            if charge is None or ratio(plan.release) > ratio(charge):
-                charge = plan.release
-        prepared.append(
-            dataclasses.replace(item, values=values, plan=plan, count_index=count_index)
-        )
-    return Prepared(document=document, route=route, fields=tuple(prepared), charge=charge)
+@dataclasses.dataclass
+class _FieldValues:
+    """One field's cells and values through the stages of a release."""
+
+    plan: route_cost.FieldPlan
+    steps: tuple[paths.Step, ...]
+    cells: list[Cell]
+    clean: list[int | float]
+    noisy: list[int | float] = dataclasses.field(default_factory=list)
+    released: dict[Cell, int | float | None] = dataclasses.field(default_factory=dict)
 
 
-def _select(
-    document: Any, route: dppolicy.Route, field: dppolicy.Field, claimed: set[tuple[int, str | int]]
-) -> tuple[jsonpath.Location, ...]:
-    """The field's locations; a value already claimed by another field refuses the answer."""
+def _sample(plan: route_cost.FieldPlan, values: list[int | float]) -> list[int | float]:
+    if not values:
+        return []
     try:
-        locations = tuple(jsonpath.select(document, field.path))
-    except jsonpath.MissingFieldError as error:
-        raise MissingFieldError(str(error)) from error
-    for location in locations:
-        identity = (id(location.container), location.key)
-        if identity in claimed:
-            raise UnsupportedFieldError(
-                f"Value {location.path} is selected by two fields of route {route.path}"
-            )
-        claimed.add(identity)
-    return locations
+        noisy = plan.plan.sampler.release(values)
+    except (mechanisms.SamplerError, ValueError, OverflowError, TypeError) as error:
+        raise NoiseError(f"The sampler failed for field {plan.field.path}") from error
+    if len(noisy) != len(values) or not all(
+        isinstance(value, int | float) and math.isfinite(value) for value in noisy
+    ):
+        raise NoiseError(f"The sampler returned an unusable vector for field {plan.field.path}")
+    return list(noisy)
 
 
-def _numbers(locations: tuple[jsonpath.Location, ...], integer: bool) -> tuple[float | int, ...]:
-    return tuple(_number(location, integer=integer) for location in locations)
+def _selected_keys(selection: route_cost.Selection, counts: _FieldValues) -> set[str]:
+    """Keys whose noisy count reaches the threshold; the ``maxKeys`` largest (post-processing)."""
+    passing = [
+        (noisy, str(cell[0]))
+        for cell, noisy in zip(counts.cells, counts.noisy, strict=True)
+        if noisy >= selection.threshold
+    ]
+    passing.sort(key=lambda pair: (-pair[0], pair[1]))
+    return {key for _, key in passing[: selection.max_keys]}
 
 
-def _post_process(value: float | int, post: dppolicy.PostProcess) -> float | int:
+def _post_process(value: int | float, post: dppolicy.PostProcess) -> int | float:
     if post.clamp_non_negative and value < 0:
         value = 0 if isinstance(value, int) else 0.0
     if post.round and isinstance(value, float):
@@ -347,89 +296,230 @@ def noisy_mean(noisy_sum: float | int, noisy_count: float | int, bounds: dppolic
     return min(max(value, bounds.lower), bounds.upper)
 
 
-def apply(prepared: Prepared, *, min_cohort: int) -> Released:
-    """Noise, post-process and suppress, in place; returns the answer and what was nulled.
+def release_document(upstream: Any, plan: route_cost.RoutePlan, *, min_cohort: int) -> Released:
+    """The released document for ``upstream`` (any parsed JSON) under ``plan``.
 
-    Suppression is post-processing of noisy values: a ``count`` or ``histogram`` value whose
-    noisy value is below ``min_cohort`` becomes null, and so does every value of the route's
-    *other* fields that sits in the same JSON object (the sum of a suppressed group), and
-    every mean that divides by it.
+    Never raises because of ``upstream``; ``NoiseError`` only when a sampler fails.
     """
-    noisy = _sample(prepared)
-    released = [
-        (prepared.fields[index], _released_values(prepared, index, noisy)) for index in noisy
-    ]
-    suppressed: list[str] = []
-    small_groups: dict[int, dppolicy.Field] = {}  # id(JSON object) -> the field it failed
-    for item, values in released:
-        for location, value in zip(item.locations, values, strict=True):
-            result: float | int | None = _post_process(value, item.field.post_process)
-            cohort_kind = item.field.kind in ("count", "histogram")
-            if cohort_kind and min_cohort > 0 and result is not None and result < min_cohort:
-                result = None
-                suppressed.append(location.path)
-                if isinstance(location.container, dict):
-                    small_groups[id(location.container)] = item.field
-            location.set(result)
-    for item, _ in released:
-        for position, location in enumerate(item.locations):
-            owner = small_groups.get(id(location.container))
-            same_group = owner is not None and owner is not item.field
-            if (same_group or _count_suppressed(prepared, item, position)) and (
-                location.get() is not None
-            ):
-                location.set(None)
-                suppressed.append(location.path)
-    return Released(document=prepared.document, suppressed=tuple(suppressed))
+    reader = _Reader(upstream)
+    integer = plan.integer
+    candidates = {
+        selection.domain.path: candidate_keys(reader, selection.domain)
+        for selection in plan.selections
+    }
+    fields: list[_FieldValues] = []
+    for item in plan.fields:
+        steps = paths.parse(item.field.path)
+        cells = list(_cells(item.domains, candidates))
+        clean = [
+            clean_value(reader.value(steps, item.domains, cell), item.field, integer=integer)
+            for cell in cells
+        ]
+        fields.append(_FieldValues(item, steps, cells, clean))
+    # A mean noises its reconstructed sums, from its count field's cleaned values.
+    for values in fields:
+        count_index = values.plan.count_index
+        if count_index is not None:
+            cohorts = dict(zip(fields[count_index].cells, fields[count_index].clean, strict=True))
+            values.clean = [
+                _reconstructed_sum(float(mean), cohorts.get(cell, 0), integer=integer)
+                for cell, mean in zip(values.cells, values.clean, strict=True)
+            ]
+    for values in fields:
+        values.noisy = _sample(values.plan, values.clean)
+    selected = {
+        selection.domain.path: _selected_keys(selection, fields[selection.field_index])
+        for selection in plan.selections
+    }
+    for values in fields:
+        _release_values(values, fields, selected)
+    suppressed = _suppress(fields, min_cohort)
+    return Released(document=_build(plan.route, fields), suppressed=suppressed)
 
 
-def _sample(prepared: Prepared) -> dict[int, list[float | int]]:
-    """The noisy values of every field that selected something, by field index."""
-    noisy: dict[int, list[float | int]] = {}
-    for index, item in enumerate(prepared.fields):
-        if item.plan is None:
+def _keeps(values: _FieldValues, cell: Cell, selected: dict[str, set[str]]) -> bool:
+    for domain, key in zip(values.plan.domains, cell, strict=True):
+        keys = selected.get(domain.path)
+        if keys is not None and key not in keys:
+            return False
+    return True
+
+
+def _release_values(
+    values: _FieldValues, fields: list[_FieldValues], selected: dict[str, set[str]]
+) -> None:
+    """The field's post-processed noisy values at its kept cells (a mean: sum over count)."""
+    field = values.plan.field
+    counts: dict[Cell, int | float] = {}
+    if values.plan.count_index is not None:
+        count = fields[values.plan.count_index]
+        counts = dict(zip(count.cells, count.noisy, strict=True))
+    for cell, noisy in zip(values.cells, values.noisy, strict=True):
+        if not _keeps(values, cell, selected):
             continue
-        try:
-            values = item.plan.sampler.release(list(item.values))
-        except (mechanisms.SamplerError, ValueError, OverflowError) as error:
-            raise NoiseError(f"The sampler failed for field {item.field.path}") from error
-        if len(values) != len(item.values):
-            raise NoiseError(f"The sampler returned the wrong shape for field {item.field.path}")
-        noisy[index] = values
-    return noisy
+        value: int | float = noisy
+        if values.plan.count_index is not None and field.bounds is not None:
+            value = noisy_mean(noisy, counts.get(cell, 0), field.bounds)
+        values.released[cell] = _post_process(value, field.post_process)
 
 
-def _released_values(
-    prepared: Prepared, index: int, noisy: dict[int, list[float | int]]
-) -> list[float | int]:
-    """A field's noisy values; for a mean, noisy sums divided by its noisy counts."""
-    item = prepared.fields[index]
-    if item.count_index is None or item.field.bounds is None:
-        return noisy[index]
-    bounds = item.field.bounds
-    return [
-        noisy_mean(total, cohort, bounds)
-        for total, cohort in zip(noisy[index], noisy[item.count_index], strict=True)
-    ]
+def _parent(values: _FieldValues, cell: Cell) -> tuple[object, ...]:
+    """The concrete JSON object a value sits in (its path without the last step)."""
+    concrete: list[object] = []
+    wildcard = 0
+    for step in values.steps[:-1]:
+        if step.kind == "key":
+            concrete.append(step.key)
+        else:
+            concrete.append((step.kind, cell[wildcard]))
+            wildcard += 1
+    return tuple(concrete)
 
 
-def _count_suppressed(prepared: Prepared, item: PreparedField, position: int) -> bool:
-    """True when ``item`` is a mean whose count at ``position`` was nulled."""
-    if item.count_index is None:
-        return False
-    return prepared.fields[item.count_index].locations[position].get() is None
+def _suppress(fields: list[_FieldValues], min_cohort: int) -> int:
+    """Null small cohorts, their groups and the means dividing by them; the number nulled."""
+    if min_cohort <= 0:
+        return 0
+    nulled = 0
+    small_groups: dict[tuple[object, ...], int] = {}  # parent -> the field index that failed
+    for index, values in enumerate(fields):
+        if values.plan.field.kind not in ("count", "histogram"):
+            continue
+        for cell, value in values.released.items():
+            if value is not None and value < min_cohort:
+                values.released[cell] = None
+                nulled += 1
+                small_groups.setdefault(_parent(values, cell), index)
+    for index, values in enumerate(fields):
+        count_index = values.plan.count_index
+        for cell, value in values.released.items():
+            if value is None:
+                continue
+            owner = small_groups.get(_parent(values, cell))
+            in_small_group = owner is not None and owner != index
+            count_nulled = (
+                count_index is not None and fields[count_index].released.get(cell, 0) is None
+            )
+            if in_small_group or count_nulled:
+                values.released[cell] = None
+                nulled += 1
+    return nulled
 
 
-def render(released: Released, route: dppolicy.Route) -> bytes:
-    """The answer's body: the released document, annotated when values were suppressed."""
-    document = released.document
-    if released.suppressed and isinstance(document, dict) and "_dp" not in document:
-        document["_dp"] = {
-            "suppressed": list(released.suppressed),
-            "reason": f"Fewer than minCohort={route.min_cohort} individuals (noisy count); "
-            "the values are null",
-        }
+# -- writing the document ------------------------------------------------------------------
+
+
+class _Keyed:
+    """A keyed array being built: key -> element object, in insertion order."""
+
+    def __init__(self, key_field: str) -> None:
+        self.key_field = key_field
+        self.elements: dict[str, dict[str, Any]] = {}
+
+
+class _Indexed:
+    """An array of declared length being built: index -> element."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.elements: dict[int, Any] = {}
+
+
+def _container(step: paths.Step, domain: dppolicy.Domain | None) -> Any:
+    """The empty node that ``step`` reads from: an array for ``[*]``, an object otherwise."""
+    if step.kind != "items" or domain is None:
+        return {}
+    if domain.key_field is not None:
+        return _Keyed(domain.key_field)
+    return _Indexed(domain.length or 0)
+
+
+def _write(
+    root: dict[str, Any],
+    steps: tuple[paths.Step, ...],
+    domains: tuple[dppolicy.Domain, ...],
+    cell: Cell,
+    value: Any,
+) -> None:
+    """Put ``value`` at the concrete location (``steps``, ``cell``), creating its containers."""
+    node: Any = root
+    wildcard = 0
+    for position, step in enumerate(steps):
+        last = position == len(steps) - 1
+        key: str | int = step.key
+        if step.wildcard:
+            key = cell[wildcard]
+            wildcard += 1
+        if isinstance(node, _Keyed):
+            # route_cost refuses a field path that ends at a keyed array's element.
+            name = str(key)
+            node = node.elements.setdefault(name, {node.key_field: name})
+            continue
+        holder: Any = node.elements if isinstance(node, _Indexed) else node
+        slot: str | int = int(key) if isinstance(node, _Indexed) else str(key)
+        if last:
+            holder[slot] = value
+            return
+        if slot not in holder:
+            next_domain = domains[wildcard] if wildcard < len(domains) else None
+            holder[slot] = _container(steps[position + 1], next_domain)
+        node = holder[slot]
+
+
+def _finish(node: Any) -> Any:
+    """Builders to plain JSON: objects in insertion order, arrays in declared order."""
+    if isinstance(node, _Keyed):
+        return [_finish(element) for element in node.elements.values()]
+    if isinstance(node, _Indexed):
+        return [_finish(node.elements.get(index)) for index in range(node.length)]
+    if isinstance(node, dict):
+        return {key: _finish(child) for key, child in node.items()}
+    return node
+
+
+def _build(route: dppolicy.Route, fields: list[_FieldValues]) -> dict[str, Any]:
+    """The document: the constants, then every field's released values, nothing else."""
+    root: dict[str, Any] = {}
+    for constant in route.constants:
+        _write(root, paths.parse(constant.path), (), (), constant.value)
+    for values in fields:
+        domains = values.plan.domains
+        first_wildcard = next(
+            (index for index, step in enumerate(values.steps) if step.wildcard), None
+        )
+        if first_wildcard is not None:  # an empty selection still has its container
+            _touch(root, values.steps, domains, first_wildcard)
+        for cell, value in values.released.items():
+            _write(root, values.steps, domains, cell, value)
+    finished = _finish(root)
+    return finished if isinstance(finished, dict) else {}
+
+
+def _touch(
+    root: dict[str, Any],
+    steps: tuple[paths.Step, ...],
+    domains: tuple[dppolicy.Domain, ...],
+    first_wildcard: int,
+) -> None:
+    """Create the container the first wildcard of a path reads (``$.regions`` of ``.*``)."""
+    node: Any = root
+    for step in steps[: first_wildcard - 1]:
+        node = node.setdefault(step.key, {}) if isinstance(node, dict) else node
+    if first_wildcard == 0 or not isinstance(node, dict):
+        return
+    name = steps[first_wildcard - 1].key
+    if name not in node:
+        node[name] = _container(steps[first_wildcard], domains[0] if domains else None)
+
+
+def render(released: Released) -> bytes:
+    """The answer's body: compact JSON, keys in the policy's order; never NaN or Infinity."""
     try:
-        return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
-    except ValueError as error:  # a non-finite value: never send it
-        raise NoiseError(f"The released answer on route {route.path} is not valid JSON") from error
+        return json.dumps(released.document, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError as error:  # a non-finite value cannot come from the samplers
+        raise NoiseError("The released document is not valid JSON") from error
+
+
+def failure_body() -> bytes:
+    """The one body of every whole-answer failure: constant, carries nothing from upstream."""
+    return _FAILURE_BODY
