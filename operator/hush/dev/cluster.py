@@ -399,8 +399,8 @@ def _remove_real_node(cluster: layout.ClusterLayout) -> None:
             f"Could not remove every resource of the real node of cluster {cluster.name} "
             "(nothing was deleted; run hush dev down again):\n  - " + "\n  - ".join(leftovers)
         )
-    network_guard.remove(state_dir=cluster.state_dir)
     shutil.rmtree(node.run_dir, ignore_errors=True)
+    network_guard.remove(state_dir=cluster.state_dir)
 
 
 def _teardown(cluster: layout.ClusterLayout) -> None:
@@ -598,6 +598,7 @@ def _start_real_node(
     real_node.import_images(node, (images.pause, images.busybox))
     # Checked again right before the first pod can start.
     network_guard.verify()
+    real_node.snapshot_host(node)
     launcher.start(specs["kubelet"])
     launcher.wait_healthy(specs["kubelet"])
     real_node.wait_ready(kubectl, check_components=launcher.check_all)

@@ -28,6 +28,7 @@ recorded in :data:`OWNER_FILE` together with the ``ip_forward`` value found befo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -362,4 +363,6 @@ def remove(*, state_dir: Path) -> bool:
         found = True
         _run(["nft", "delete", "table", NFT_FAMILY, NFT_TABLE])
     OWNER_FILE.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # only when empty: real_node keeps run dirs there
+        OWNER_FILE.parent.rmdir()
     return found

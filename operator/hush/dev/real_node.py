@@ -79,6 +79,20 @@ POD_CGROUP: Final = "kubepods"
 READY_TIMEOUT_SECONDS: Final = 120.0
 DRAIN_TIMEOUT_SECONDS: Final = 60.0
 _RUN_ROOT: Final = Path("/run/hush")
+KUBELET_SYSCTLS: Final = (
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+)
+"""Kernel settings the kubelet changes at start (``protectKernelDefaults: false``; with
+``true`` it refuses to start on a machine that differs): saved before, restored by down."""
+IPTABLES_TABLES: Final = tuple(
+    (family, table) for family in ("ip", "ip6") for table in ("filter", "nat", "mangle")
+)
+"""Where the kubelet (through iptables-nft) creates its KUBE-* canary and firewall chains."""
 _CTR_TIMEOUT_SECONDS: Final = 120.0
 
 
@@ -130,6 +144,10 @@ class NodeLayout:
     @property
     def containerd_config_file(self) -> Path:
         return self.directory / "containerd.toml"
+
+    @property
+    def host_snapshot(self) -> Path:
+        return self.directory / "host-before.json"
 
     @property
     def images_dir(self) -> Path:
@@ -426,6 +444,98 @@ def taint_kwok_nodes(kubectl: bootstrap.Kubectl) -> None:
     logger.info("Tainted the kwok nodes %s", KWOK_TAINT)
 
 
+# -- what the kubelet changes on the host -----------------------------------------------------
+
+
+def _nft_json(arguments: Sequence[str]) -> dict[str, Any]:
+    result = subprocess.run(
+        ["nft", "-j", *arguments], capture_output=True, text=True, check=False, timeout=30
+    )
+    if result.returncode != 0 or not result.stdout.strip():
+        return {}
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def _nft_tables() -> list[list[str]]:
+    listed = _nft_json(["list", "tables"]).get("nftables", [])
+    return [[t["table"]["family"], t["table"]["name"]] for t in listed if "table" in t]
+
+
+def snapshot_host(node: NodeLayout) -> None:
+    """Record the kubelet's sysctls and the nftables tables before the kubelet first starts
+    (kept if it exists: a second ``up`` must not record the kubelet's values as ours)."""
+    if node.host_snapshot.exists():
+        return
+    sysctls = {key: (Path("/proc/sys") / key).read_text().strip() for key in KUBELET_SYSCTLS}
+    node.host_snapshot.parent.mkdir(parents=True, exist_ok=True)
+    node.host_snapshot.write_text(json.dumps({"sysctls": sysctls, "nftTables": _nft_tables()}))
+
+
+def _nft(arguments: Sequence[str]) -> str | None:
+    """Run ``nft``; the error message, or None when it worked."""
+    result = subprocess.run(["nft", *arguments], capture_output=True, text=True, check=False)
+    return result.stderr.strip() if result.returncode != 0 else None
+
+
+def _remove_kube_chains(family: str, table: str) -> list[str]:
+    """Delete KUBE-* chains and the rules jumping to them from one table kept by others."""
+    items = _nft_json(["list", "table", family, table]).get("nftables", [])
+    problems: list[str] = []
+    for item in items:
+        rule = item.get("rule")
+        if rule is None or rule["chain"].startswith("KUBE-"):
+            continue
+        targets = [
+            verdict.get("target", "")
+            for expression in rule.get("expr", [])
+            for key, verdict in expression.items()
+            if key in ("jump", "goto") and isinstance(verdict, dict)
+        ]
+        if any(target.startswith("KUBE-") for target in targets):
+            address = [family, table, rule["chain"], "handle", str(rule["handle"])]
+            problems += filter(None, [_nft(["delete", "rule", *address])])
+    kube_chains = [
+        item["chain"]["name"]
+        for item in items
+        if "chain" in item and item["chain"]["name"].startswith("KUBE-")
+    ]
+    for chain in kube_chains:  # flush all first: KUBE-* chains jump to each other
+        problems += filter(None, [_nft(["flush", "chain", family, table, chain])])
+    for chain in kube_chains:
+        problems += filter(None, [_nft(["delete", "chain", family, table, chain])])
+    return problems
+
+
+def restore_host(node: NodeLayout) -> list[str]:
+    """Undo what the kubelet did to the host: its sysctls and its iptables chains and tables.
+
+    Tables of :data:`IPTABLES_TABLES` that did not exist before are deleted; in those that
+    did, only KUBE-* chains and jumps to them go. Returns what could not be undone.
+    """
+    try:
+        before: dict[str, Any] = json.loads(node.host_snapshot.read_text())
+    except (FileNotFoundError, ValueError):
+        before = {}
+    problems: list[str] = []
+    for key, value in dict(before.get("sysctls", {})).items():
+        if key in KUBELET_SYSCTLS:
+            try:
+                (Path("/proc/sys") / key).write_text(str(value))
+            except OSError as error:
+                problems.append(f"sysctl {key}: {error.strerror}")
+    existed = {tuple(pair) for pair in before.get("nftTables", [])}
+    present = {tuple(pair) for pair in _nft_tables()}
+    for family, table in IPTABLES_TABLES:
+        if (family, table) not in present:
+            continue
+        if before and (family, table) not in existed:
+            problems += filter(None, [_nft(["delete", "table", family, table])])
+        else:
+            problems += _remove_kube_chains(family, table)
+    return problems
+
+
 # -- clean-up ------------------------------------------------------------------------------
 
 
@@ -521,7 +631,7 @@ def sweep(node: NodeLayout) -> list[str]:
             pass
         except OSError as error:
             leftovers.append(f"cgroup {directory}: {error.strerror}")
-    return leftovers
+    return leftovers + restore_host(node)
 
 
 def remaining_resources(node: NodeLayout) -> list[str]:
@@ -529,4 +639,11 @@ def remaining_resources(node: NodeLayout) -> list[str]:
     found = [f"mount {point}" for point in _mounts_under(node.owned_trees)]
     found += [f"cgroup {directory}" for directory in _cgroup_dirs()]
     found += [f"shim pid {pid}" for pid in sorted(_our_shims(node.containerd.socket))]
+    for family, table in IPTABLES_TABLES:
+        items = _nft_json(["list", "table", family, table]).get("nftables", [])
+        found += [
+            f"nftables chain {family} {table} {item['chain']['name']}"
+            for item in items
+            if "chain" in item and item["chain"]["name"].startswith("KUBE-")
+        ]
     return found
