@@ -323,3 +323,32 @@ def test_an_unreachable_selection_delta_is_refused_with_the_fix() -> None:
         route_cost.selection_threshold(
             "gaussian", scale=1.0, partitions=1, cap=1, delta=Decimal("1e-300")
         )
+
+
+def test_a_route_declaring_too_many_values_is_refused() -> None:
+    the_route = route(
+        fields=[{"path": "$.a[*].b[*]", "kind": "count"}],
+        domains=[{"path": "$.a[*]", "length": 1000}, {"path": "$.a[*].b[*]", "length": 101}],
+    )
+    with pytest.raises(route_cost.RouteError, match="more than 100000") as refused:
+        route_cost.route_plan(the_route)
+    assert refused.value.reason == "ReleaseTooLarge"
+
+
+@pytest.mark.parametrize(
+    ("domain", "message"),
+    [
+        ({"path": "$.r[*]", "length": 2, "keys": ["a"]}, "exactly one of"),
+        ({"path": "$.r[*]", "keys": ["a", "a"], "keyField": "k"}, "twice"),
+        ({"path": "$.r[*]", "keys": ["a"]}, "needs keyField"),
+        ({"path": "$.r[*]", "length": 2, "keyField": "k"}, "without keyField"),
+    ],
+)
+def test_the_apiservers_domain_rules_are_checked_again(
+    domain: dict[str, Any], message: str
+) -> None:
+    """A policy read from a pod's baked configuration never passed through CEL."""
+    the_route = route(fields=[{"path": "$.r[*].n", "kind": "count"}], domains=[domain])
+    problems = route_cost.route_problems(the_route)
+    assert [reason for reason, _ in problems] == ["DomainInvalid"]
+    assert message in problems[0][1]

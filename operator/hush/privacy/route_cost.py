@@ -110,6 +110,9 @@ Planner = Callable[..., mechanisms.Plan]
 
 # Thresholds are searched over the integers up to this; beyond, delta is unreachable.
 _LARGEST_THRESHOLD = 2**40
+# At most this many values in one released document (a policy limit, not a privacy one: the
+# sidecar builds and noises every declared value of every answer).
+LARGEST_RELEASE = 100_000
 # Shares of delta are rounded down, so that they never add up to more than the route's.
 _DOWN = decimal.Context(prec=40, rounding=decimal.ROUND_FLOOR)
 
@@ -248,6 +251,8 @@ def _domain_problem(route: dppolicy.Route, domain: dppolicy.Domain) -> tuple[str
     array = domain.path.endswith("[*]")
     if sum(declared) != 1:
         return ("DomainInvalid", f"{where} needs exactly one of keys, length or partitionSelection")
+    if domain.keys is not None and len(set(domain.keys)) != len(domain.keys):
+        return ("DomainInvalid", f"{where} lists a key twice: each key is one released value")
     if not (array or domain.path.endswith(".*")):
         return ("DomainInvalid", f"{where}: a domain's path must end in [*] or .*")
     if domain.length is not None and (not array or domain.key_field is not None):
@@ -368,6 +373,17 @@ def route_problems(route: dppolicy.Route) -> list[tuple[str, str]]:
         if domain_problem is not None:
             problems.append(domain_problem)
     problems += _collision_problems(route)
+    if not problems:
+        total = sum(field_lengths(route))
+        if total > LARGEST_RELEASE:
+            problems.append(
+                (
+                    "ReleaseTooLarge",
+                    f"Route {route.path} declares {total} values per answer (the product of "
+                    f"each field's domains), more than {LARGEST_RELEASE}: split the route or "
+                    "declare fewer keys",
+                )
+            )
     return problems
 
 
