@@ -284,3 +284,39 @@ def test_windows_renew_at_the_declared_anchor_and_stay_frozen_after(
     # Shortening the period would put "now" in a later window at once: refused.
     message = _refusal(api_client, namespace, "survey", {"renewal": {**renewal, "period": "1h"}})
     assert REFUSED_RENEWAL in message
+
+
+def test_a_status_write_cannot_forget_the_ledger(
+    api_client: client.ApiClient, namespace: str, spender: _Spender
+) -> None:
+    """ "Ever spent" stays true: the ledger's sequence never goes back, even through /status."""
+    hush_resources.create(api_client, namespace, _budget("survey"))
+    assert spender.charge("0.5").ok
+    custom = client.CustomObjectsApi(api_client)
+    for forget in (
+        lambda status: status.pop("ledger"),
+        lambda status: status["ledger"].update(
+            sequence=0, spent=[], lifetimeSpent=[], epsilonSpent=0.0
+        ),
+    ):
+        budget = hush_resources.get(api_client, namespace, "PrivacyBudget", "survey")
+        forget(budget["status"])
+        with pytest.raises(ApiException) as refused:
+            custom.replace_namespaced_custom_object_status(
+                hush_resources.GROUP,
+                hush_resources.VERSION,
+                namespace,
+                "privacybudgets",
+                "survey",
+                budget,
+            )
+        assert refused.value.status == 422
+        message = json.loads(refused.value.body)["message"]
+        assert "its sequence cannot go back" in message
+    message = _refusal(
+        api_client,
+        namespace,
+        "survey",
+        {"renewal": {"policy": "perDataBlock", "period": "24h", "anchor": ANCHOR}},
+    )
+    assert REFUSED_RENEWAL in message

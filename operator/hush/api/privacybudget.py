@@ -361,6 +361,16 @@ TRANSITION_RULES: tuple[tuple[str, str], ...] = (
         "spec.delta cannot be lowered after the first charge",
     ),
     (
+        # What makes "ever spent" permanent: the ledger never loses entries. Spec writes keep
+        # the stored status, so this binds writes to /status, which only the operator makes.
+        "!has(oldSelf.status) || !has(oldSelf.status.ledger)"
+        " || !has(oldSelf.status.ledger.sequence)"
+        " || (has(self.status) && has(self.status.ledger) && has(self.status.ledger.sequence)"
+        " && self.status.ledger.sequence >= oldSelf.status.ledger.sequence)",
+        "status.ledger cannot be removed and its sequence cannot go back: the ledger is "
+        "append-only, and one that forgot its charges would hand them back",
+    ),
+    (
         f"({_RENEWAL_UNCHANGED}) || !({_EVER_SPENT})",
         "spec.renewal (policy, period and anchor) cannot change once anything was spent from "
         "this budget: a new policy, a shorter period or a moved anchor starts a new window and "
