@@ -557,19 +557,41 @@ async def test_a_failure_is_cached_like_an_answer(harness: Harness) -> None:
     assert harness.app.calls == 1
 
 
+class RecordingLogger:
+    """Stands in for the proxy's structlog logger: every event and its fields, as text."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def _record(self, event: str, **fields: Any) -> None:
+        self.lines.append(f"{event} {fields!r}")
+
+    info = warning = error = _record
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def sidecar_log(monkeypatch: pytest.MonkeyPatch) -> RecordingLogger:
+    """What the sidecar logs, whatever logging configuration earlier tests left behind."""
+    recorder = RecordingLogger()
+    monkeypatch.setattr(proxy, "logger", recorder)
+    return recorder
+
+
 async def test_the_log_never_carries_what_the_application_answered(
-    harness: Harness, capsys: pytest.CaptureFixture[str]
+    harness: Harness, sidecar_log: RecordingLogger
 ) -> None:
     harness.app.status = 418
     harness.app.body = b'{"count": 987654}'
     harness.app.headers = {"X-Secret": "31337"}
     assert (await harness.client.get("/count")).status == 502
-    logged = capsys.readouterr()
-    text = logged.out + logged.err
-    assert "Answered request" in text
-    assert "release-failed" in text
+    assert "Answered request" in sidecar_log.text
+    assert "release-failed" in sidecar_log.text
     for leaked in ("418", "987654", "31337"):
-        assert leaked not in text
+        assert leaked not in sidecar_log.text
 
 
 # -- pass-through ----------------------------------------------------------------------------
@@ -765,7 +787,7 @@ async def test_a_failure_is_padded_like_a_release(tmp_path: Path) -> None:
 
 
 async def test_an_overrun_is_released_counted_and_logged_without_values(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, sidecar_log: RecordingLogger
 ) -> None:
     clock = SteppingClock(tick=0.012)  # the step "takes" 12 ms: three 5 ms periods
     harness = await start_harness(tmp_path, deadline_clock=clock, deadline_sleep=clock.sleep)
@@ -775,8 +797,7 @@ async def test_an_overrun_is_released_counted_and_logged_without_values(
         assert reply.status == 200
         after = _overruns(await (await harness.admin.get("/metrics")).text(), "/count")
         assert after == before + 1
-        logged = capsys.readouterr()
-        text = logged.out + logged.err
+        text = sidecar_log.text
         assert "Overran the release deadline" in text
         assert "periods" in text
         assert "1234" not in text
