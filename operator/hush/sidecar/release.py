@@ -149,7 +149,7 @@ class _Reader:
         return node
 
 
-def candidate_keys(reader: _Reader, domain: dppolicy.Domain) -> list[str]:
+def _candidate_keys(reader: _Reader, domain: dppolicy.Domain) -> list[str]:
     """The keys the answer offers for an open key set, in key order (the noise is per key)."""
     steps = paths.parse(domain.path)
     parent = reader.container(steps[:-1])
@@ -304,7 +304,7 @@ def release_document(upstream: Any, plan: route_cost.RoutePlan, *, min_cohort: i
     reader = _Reader(upstream)
     integer = plan.integer
     candidates = {
-        selection.domain.path: candidate_keys(reader, selection.domain)
+        selection.domain.path: _candidate_keys(reader, selection.domain)
         for selection in plan.selections
     }
     fields: list[_FieldValues] = []
@@ -355,7 +355,7 @@ def _release_values(
         count = fields[values.plan.count_index]
         counts = dict(zip(count.cells, count.noisy, strict=True))
     for cell, noisy in zip(values.cells, values.noisy, strict=True):
-        if not _keeps(values, cell, selected):
+        if selected and not _keeps(values, cell, selected):
             continue
         value: int | float = noisy
         if values.plan.count_index is not None and field.bounds is not None:
