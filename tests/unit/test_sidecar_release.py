@@ -454,3 +454,31 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(config.ConfigError):
         config.duration_seconds(text)
+
+
+def test_a_key_only_one_individual_has_is_released_with_probability_at_most_delta() -> None:
+    """Real noise, a large delta (0.2) so that the probability is measurable.
+
+    A key with count 1 (one individual's row) passes the threshold with probability
+    ``p = P[1 + Lap(b) >= T] = exp(-(T - 1) / b) / 2 <= 0.2``. Over 4,000 releases the
+    frequency lies within 5 standard deviations of ``p`` (sd <= 0.0064) except with
+    probability below 1e-6.
+    """
+    the_route = route(
+        epsilon=1.0,
+        delta=0.2,
+        fields=[{"path": "$.r.*", "kind": "count"}],
+        domains=[{"path": "$.r.*", "partitionSelection": {"maxPartitionsContributed": 1}}],
+    )
+    plan = route_cost.route_plan(the_route)
+    (selection,) = plan.selections
+    scale = plan.fields[0].plan.sampler.scale
+    expected = math.exp(-(selection.threshold - 1) / scale) / 2
+    assert expected <= 0.2
+    releases = 4000
+    released_count = sum(
+        bool(release.release_document({"r": {"alone": 1}}, plan, min_cohort=0).document["r"])
+        for _ in range(releases)
+    )
+    deviation = 5 * math.sqrt(expected * (1 - expected) / releases)
+    assert abs(released_count / releases - expected) <= deviation, (released_count, expected)
