@@ -393,7 +393,9 @@ def _drain_real_node(cluster: layout.ClusterLayout) -> None:
 def _remove_real_node(cluster: layout.ClusterLayout) -> None:
     """After the processes stopped: sweep the node's leftovers, then remove the guard."""
     node = real_node.NodeLayout(cluster)
-    leftovers = real_node.sweep(node)
+    owner = network_guard.owner()
+    ours = owner is None or owner.get("stateDir") == str(cluster.state_dir)
+    leftovers = real_node.sweep(node, machine_wide=ours)
     if leftovers:
         raise errors.DevClusterError(
             f"Could not remove every resource of the real node of cluster {cluster.name} "
@@ -715,6 +717,11 @@ def _reason_to_recreate(
         has = "has a real node" if record.real_node else "has no real node"
         wanted = "with" if node_bin_dir is not None else "without"
         return f"it {has} and one {wanted} a real node was requested"
+    if node_bin_dir is not None:
+        try:
+            network_guard.verify()
+        except errors.DevClusterError as error:
+            return f"its network guard is broken: {error}"
     expected = components.build_components(
         ports=record.ports, layout=cluster, bins=bins, node_bin_dir=node_bin_dir
     )

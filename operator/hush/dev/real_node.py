@@ -601,11 +601,16 @@ def _mounts_under(trees: Sequence[Path]) -> list[Path]:
     return sorted(points, key=lambda p: len(p.parts), reverse=True)
 
 
-def sweep(node: NodeLayout) -> list[str]:
+def sweep(node: NodeLayout, *, machine_wide: bool = True) -> list[str]:
     """Kill, unmount and remove whatever of the node outlived its processes; returns what
-    could not be removed (empty when clean)."""
+    could not be removed (empty when clean).
+
+    ``machine_wide`` False (another cluster owns the machine's real node) limits it to what
+    carries this cluster's paths: its shims and mounts; the pod cgroups, sysctls and
+    iptables chains are the owner's.
+    """
     leftovers: list[str] = []
-    cgroups = _cgroup_dirs()
+    cgroups = _cgroup_dirs() if machine_wide else []
     victims = set().union(*(_pids_in(d) for d in cgroups)) | _our_shims(node.containerd.socket)
     for pid in victims:
         with contextlib.suppress(ProcessLookupError):
@@ -631,7 +636,7 @@ def sweep(node: NodeLayout) -> list[str]:
             pass
         except OSError as error:
             leftovers.append(f"cgroup {directory}: {error.strerror}")
-    return leftovers + restore_host(node)
+    return leftovers + (restore_host(node) if machine_wide else [])
 
 
 def remaining_resources(node: NodeLayout) -> list[str]:
