@@ -16,7 +16,9 @@ from hush.cli import images as images_commands
 from hush.cli import ledger as ledger_commands
 from hush.cli import manifests as manifests_commands
 from hush.cli import operator as operator_commands
+from hush.cli import policy as policy_commands
 from hush.cli import sidecar as sidecar_commands
+from hush.cli import status as status_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     sidecar_commands.register(commands)
     audit_commands.register(commands)
     images_commands.register(commands)
+    policy_commands.register(commands)
+    status_commands.register(commands)
     return parser
 
 

@@ -58,7 +58,7 @@ import structlog
 from aiohttp import web
 
 from hush.api import dppolicy
-from hush.privacy import amounts, route_cost
+from hush.privacy import accuracy, amounts, route_cost
 from hush.sidecar import accountant_client, cache, config, deadline, policy_watch, release
 from hush.sidecar import metrics as sidecar_metrics
 
@@ -152,6 +152,7 @@ class _CompiledRoute:
     refusal: str | None
     forwarded: tuple[str, ...]  # lower-case names of the headers forwarded (and keyed)
     headers: tuple[tuple[str, str], ...]  # the labels every release of the route carries
+    accuracy: str | None  # X-DP-Accuracy: each field's 95 % half-width, from the plan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +208,19 @@ def _route_plan(
         return planner(route), None
     except (ValueError, ArithmeticError) as error:
         return None, str(error)
+
+
+def accuracy_header(plan: route_cost.RoutePlan) -> str | None:
+    """The route's ``X-DP-Accuracy`` value (``accuracy.accuracy_header`` at 95 %), or None.
+
+    A function of the plan's scales only (data-independent, so free to send with every
+    released answer); computed once per route at start. None when the plan's samplers do
+    not say their scale usably (a route still releases; it just carries no accuracy).
+    """
+    try:
+        return accuracy.accuracy_header(accuracy.route_accuracy(plan.route, plan=plan))
+    except (ValueError, ArithmeticError, TypeError):
+        return None
 
 
 class Sidecar:
@@ -273,6 +287,7 @@ class Sidecar:
             plan=plan,
             refusal=refusal,
             forwarded=cache.forwarded_headers(route.vary_headers),
+            accuracy=accuracy_header(plan) if plan is not None else None,
             headers=(
                 ("Content-Type", "application/json"),
                 ("X-DP-Epsilon", amounts.display(amounts.exact(route.epsilon))),
@@ -521,6 +536,8 @@ class Sidecar:
         if built.suppressed:
             sidecar_metrics.SUPPRESSIONS.labels(route.path).inc(built.suppressed)
         headers.append(("X-DP-Suppressed", str(built.suppressed)))
+        if compiled.accuracy is not None:
+            headers.append(("X-DP-Accuracy", compiled.accuracy))
         return cache.CachedAnswer(
             status=200, body=built.body, headers=tuple(headers), expires=0.0
         ), None
