@@ -105,7 +105,7 @@ def _pod_manifest(name: str, image: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
         "spec": {
             "nodeSelector": real_node.NODE_LABELS,
             "terminationGracePeriodSeconds": 1,
@@ -179,13 +179,62 @@ def test_a_pod_runs_on_the_real_node_and_serves_http_over_the_bridge(
     assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(network_guard.NODE_POD_SUBNET)
     # Checked before the first packet: the pod's address routes to our bridge.
     assert _route_device(pod_ip) == network_guard.BRIDGE
-    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
-        f"http://{pod_ip}:8080/", timeout=10
-    ) as response:
-        assert response.read() == b"hush real node\n"
+    assert _http_get(f"http://{pod_ip}:8080/") == b"hush real node\n"
     # The container really runs in containerd (kwok never fakes this node's pods).
     statuses = web_pod["status"]["containerStatuses"]
     assert statuses[0]["containerID"].startswith("containerd://")
+
+
+def _http_get(url: str) -> bytes:
+    # No proxy, whatever the environment says: the address was checked to be ours.
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+        url, timeout=5
+    ) as response:
+        body: bytes = response.read()
+    return body
+
+
+def test_a_cluster_ip_service_reaches_the_pod_through_kube_proxy(
+    real_cluster: Cluster, web_pod: dict[str, Any]
+) -> None:
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "real-web", "namespace": "default"},
+        "spec": {"selector": {"app": "real-web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+    real_cluster.kubectl("apply", "--filename=-", stdin=json.dumps(service))
+    cluster_ip = real_cluster.get("service", "real-web", "--namespace=default")["spec"]["clusterIP"]
+    assert ipaddress.ip_address(cluster_ip) in ipaddress.ip_network(network_guard.SERVICE_RANGE)
+    # Checked before the first packet: programmed or not, the Service IP stays on our bridge.
+    assert _route_device(cluster_ip) == network_guard.BRIDGE
+    deadline = time.monotonic() + 30
+    body, last_error = b"", ""
+    while time.monotonic() < deadline:
+        try:
+            body = _http_get(f"http://{cluster_ip}/")
+            break
+        except OSError as error:  # kube-proxy has not synced the endpoints yet
+            last_error = str(error)
+            time.sleep(1)
+    assert body == b"hush real node\n", last_error
+    # From the pod itself (hairpin through the Service), with busybox nc.
+    answer = real_cluster.kubectl(
+        "exec",
+        "real-web",
+        "--namespace=default",
+        "-i",
+        "--",
+        "/bin/busybox",
+        "nc",
+        "-w",
+        "3",
+        cluster_ip,
+        "80",
+        stdin="GET / HTTP/1.0\r\n\r\n",
+    )
+    assert "hush real node" in answer
+    real_cluster.kubectl("delete", "service", "real-web", "--namespace=default")
 
 
 def test_a_pod_cannot_reach_outside_the_packet_dies_on_our_drop_rule(

@@ -195,6 +195,21 @@ def test_guard_problems_names_a_missing_table_a_missing_drop_and_a_masquerade() 
     assert any("masquerade" in p and "ip nat" in p for p in problems)
 
 
+def test_only_kube_proxys_own_table_may_masquerade() -> None:
+    document = _table_items()
+    document["nftables"].append(
+        {
+            "rule": {
+                "family": "ip",
+                "table": network_guard.KUBE_PROXY_TABLE,
+                "chain": "masquerading",
+                "expr": [{"masquerade": {"flags": "fully-random"}}],
+            }
+        }
+    )
+    assert network_guard.guard_problems(document) == []
+
+
 def test_counters_are_read_from_our_table_only() -> None:
     document = _table_items()
     document["nftables"].append(
@@ -337,6 +352,8 @@ def _specs(tmp_path: Path, node_bin_dir: Path | None) -> dict[str, components.Co
         containerd_metrics=7,
         kubelet=8,
         kubelet_healthz=9,
+        kube_proxy_healthz=10,
+        kube_proxy_metrics=11,
     )
     specs = components.build_components(
         ports=ports,
@@ -366,6 +383,27 @@ def test_with_a_real_node_kwok_manages_only_its_own_nodes(tmp_path: Path) -> Non
     assert specs["kubelet"].health_url == "http://127.0.0.1:9/healthz"
     assert specs["containerd"].health_url == "http://127.0.0.1:7/v1/metrics"
     assert dict(specs["containerd"].environment)["HTTPS_PROXY"] == real_node.CLOSED_PROXY
+    assert specs["kube-proxy"].command[0] == str(tmp_path / "node-bin" / "kube-proxy")
+    assert specs["kube-proxy"].health_url == "http://127.0.0.1:10/healthz"
+
+
+def test_kube_proxy_stays_on_loopback_and_the_bridge(tmp_path: Path) -> None:
+    ports = real_node.NodePorts(
+        containerd_metrics=1,
+        kubelet=2,
+        kubelet_healthz=3,
+        kube_proxy_healthz=4,
+        kube_proxy_metrics=5,
+    )
+    config = real_node.kube_proxy_configuration(_node(tmp_path), ports=ports)
+    assert config["mode"] == "nftables"
+    assert config["healthzBindAddress"] == "127.0.0.1:4"
+    assert config["metricsBindAddress"] == "127.0.0.1:5"
+    assert config["nodePortAddresses"] == [f"{network_guard.NODE_ADDRESS}/32"]
+    assert config["clusterCIDR"] == network_guard.REAL_POD_RANGE
+    # No conntrack sysctl is changed on the host.
+    assert config["conntrack"]["maxPerCore"] == 0
+    assert config["conntrack"]["tcpEstablishedTimeout"] == "0s"
 
 
 def test_cluster_record_keeps_the_node_bin_dir_and_reads_old_records(tmp_path: Path) -> None:

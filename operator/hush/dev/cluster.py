@@ -83,7 +83,7 @@ _HEALTH_POLL_SECONDS: Final = 0.25
 _STATE_MARKERS: Final = ("cluster.json", "run", "pki", "logs", "kubeconfig")
 
 _STOP_ORDER: Final = (
-    ("kubelet", "kwok", "kube-scheduler", "kube-controller-manager"),
+    ("kube-proxy", "kubelet", "kwok", "kube-scheduler", "kube-controller-manager"),
     # After the kubelet, which would otherwise restart what containerd's exit stopped.
     ("containerd",),
     ("kube-apiserver",),
@@ -579,7 +579,8 @@ def _start_real_node(
     inputs: _RealNodeInputs,
     now: datetime.datetime,
 ) -> None:
-    """Guard, files, containerd, images, kubelet, a Ready node, tainted kwok nodes."""
+    """Guard, files, containerd, images, kubelet, a Ready node, kube-proxy, tainted kwok
+    nodes."""
     node = real_node.NodeLayout(cluster)
     kubectl = bootstrap.Kubectl(binaries.Binaries(launcher.bin_dir).kubectl, cluster.kubeconfig)
     host_setup.ensure_packages()
@@ -604,6 +605,9 @@ def _start_real_node(
     launcher.start(specs["kubelet"])
     launcher.wait_healthy(specs["kubelet"])
     real_node.wait_ready(kubectl, check_components=launcher.check_all)
+    # After the node exists: kube-proxy reads it (and answers /healthz only once synced).
+    launcher.start(specs["kube-proxy"])
+    launcher.wait_healthy(specs["kube-proxy"])
     real_node.taint_kwok_nodes(kubectl)
 
 

@@ -9,10 +9,10 @@ Everything binds 127.0.0.1. The service range (10.96.0.0/16) and kwok's pod rang
 (10.244.0.0/16) must not overlap: the apiserver's implicit default service range collides
 with kwok's default pod CIDR.
 
-With a real node (``hush dev up --real-node``) two more components follow, containerd and
-the kubelet (their command lines come from ``real_node``), kwok manages only the nodes
-annotated as its own, and the apiserver presents the admin client certificate to kubelets
-(``kubectl logs/exec`` against the real node). Without one, every command line is exactly
+With a real node (``hush dev up --real-node``) three more components follow, containerd,
+the kubelet and kube-proxy (their command lines come from ``real_node``), kwok manages only
+the nodes annotated as its own, and the apiserver presents the admin client certificate to
+kubelets (``kubectl logs/exec`` against the real node). Without one, every command line is exactly
 what it was before real nodes existed, so existing clusters are reused.
 """
 
@@ -47,6 +47,8 @@ class Ports:
     containerd_metrics: int = 0
     kubelet: int = 0
     kubelet_healthz: int = 0
+    kube_proxy_healthz: int = 0
+    kube_proxy_metrics: int = 0
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -301,11 +303,28 @@ def build_kubelet(
     )
 
 
+def build_kube_proxy(
+    *, ports: Ports, layout: layout_module.ClusterLayout, node_bin_dir: Path
+) -> ComponentSpec:
+    node = real_node.NodeLayout(layout)
+    return ComponentSpec(
+        name="kube-proxy",
+        command=real_node.build_kube_proxy(node, kube_proxy_binary=node_bin_dir / "kube-proxy"),
+        port=ports.kube_proxy_healthz,
+        # 200 once the first full sync of the Service rules is done.
+        health_url=f"http://127.0.0.1:{ports.kube_proxy_healthz}/healthz",
+        startup_timeout_seconds=60,
+        environment=tuple(sorted(real_node.proxy_environment().items())),
+    )
+
+
 def real_node_ports(ports: Ports) -> real_node.NodePorts:
     return real_node.NodePorts(
         containerd_metrics=ports.containerd_metrics,
         kubelet=ports.kubelet,
         kubelet_healthz=ports.kubelet_healthz,
+        kube_proxy_healthz=ports.kube_proxy_healthz,
+        kube_proxy_metrics=ports.kube_proxy_metrics,
     )
 
 
@@ -336,4 +355,5 @@ def build_components(
         *control_plane,
         build_containerd(ports=ports, layout=layout),
         build_kubelet(ports=ports, layout=layout, node_bin_dir=node_bin_dir),
+        build_kube_proxy(ports=ports, layout=layout, node_bin_dir=node_bin_dir),
     )

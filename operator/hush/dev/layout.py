@@ -38,7 +38,7 @@ COMPONENT_NAMES: Final = (
     "kube-scheduler",
     "kwok",
 )
-REAL_NODE_COMPONENT_NAMES: Final = ("containerd", "kubelet")
+REAL_NODE_COMPONENT_NAMES: Final = ("containerd", "kubelet", "kube-proxy")
 """The components a cluster started with ``--real-node`` adds, in start order."""
 
 _NAME_PATTERN: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")

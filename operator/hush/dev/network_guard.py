@@ -60,6 +60,7 @@ NFT_FAMILY: Final = "inet"
 NFT_TABLE: Final = "hush_guard"
 COUNTERS: Final = ("egress_dropped", "ingress_dropped", "leak_dropped")
 OWNER_FILE: Final = Path("/run/hush/real-node.json")
+KUBE_PROXY_TABLE: Final = "kube-proxy"
 _COMMAND_TIMEOUT_SECONDS: Final = 30.0
 
 
@@ -185,8 +186,14 @@ def guard_problems(ruleset: dict[str, Any]) -> list[str]:
     if len(drops) < 4:  # two in forward, one each in output and postrouting
         problems.append(f"table {NFT_TABLE} has {len(drops)} drop rules, expected 4")
     for item in items:
-        if "rule" in item and any("masquerade" in e for e in item["rule"].get("expr", [])):
-            rule = item["rule"]
+        rule = item.get("rule")
+        # kube-proxy's own table masquerades Service traffic (hairpin, and Service traffic from
+        # outside the pod range): its packets are routed to our bridge, and a pod-source
+        # packet bound elsewhere is dropped by our postrouting chain before NAT (priority
+        # srcnat - 10). Any other masquerade is refused.
+        if rule is None or rule.get("table") == KUBE_PROXY_TABLE:
+            continue
+        if any("masquerade" in e for e in rule.get("expr", [])):
             problems.append(
                 f"a masquerade rule exists in table {rule.get('family')} {rule.get('table')} "
                 f"chain {rule.get('chain')}: pod traffic must never be NATed off the machine"

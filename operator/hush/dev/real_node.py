@@ -89,10 +89,14 @@ KUBELET_SYSCTLS: Final = (
 )
 """Kernel settings the kubelet changes at start (``protectKernelDefaults: false``; with
 ``true`` it refuses to start on a machine that differs): saved before, restored by down."""
-IPTABLES_TABLES: Final = tuple(
-    (family, table) for family in ("ip", "ip6") for table in ("filter", "nat", "mangle")
+KUBE_NFT_TABLES: Final = tuple(
+    (family, table)
+    for family in ("ip", "ip6")
+    for table in ("filter", "nat", "mangle", "kube-proxy")
 )
-"""Where the kubelet (through iptables-nft) creates its KUBE-* canary and firewall chains."""
+"""Where the kubelet (through iptables-nft) creates its KUBE-* canary and firewall chains,
+and kube-proxy (nftables mode) its Service rules; kube-proxy does not remove them on exit."""
+KUBE_PROXY_TABLE: Final = "kube-proxy"
 _CTR_TIMEOUT_SECONDS: Final = 120.0
 
 
@@ -132,6 +136,20 @@ class NodeLayout:
     @property
     def kubelet_config(self) -> Path:
         return self.directory / "kubelet-config.yaml"
+
+    @property
+    def kube_proxy_client(self) -> pki.KeyPair:
+        return pki.KeyPair(
+            self.pki_dir / "kube-proxy-client.crt", self.pki_dir / "kube-proxy-client.key"
+        )
+
+    @property
+    def kube_proxy_kubeconfig(self) -> Path:
+        return self.directory / "kube-proxy.kubeconfig"
+
+    @property
+    def kube_proxy_config(self) -> Path:
+        return self.directory / "kube-proxy-config.yaml"
 
     @property
     def kubelet_root(self) -> Path:
@@ -177,6 +195,8 @@ class NodePorts:
     containerd_metrics: int
     kubelet: int
     kubelet_healthz: int
+    kube_proxy_healthz: int = 0
+    kube_proxy_metrics: int = 0
 
 
 def proxy_environment() -> dict[str, str]:
@@ -240,6 +260,40 @@ def kubelet_configuration(
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
     }
+
+
+def kube_proxy_configuration(node: NodeLayout, *, ports: NodePorts) -> dict[str, Any]:
+    """The KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) of the real node."""
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        # nftables: this kernel has nf_tables; iptables-legacy is not the future.
+        "mode": "nftables",
+        "clientConnection": {"kubeconfig": str(node.kube_proxy_kubeconfig)},
+        "hostnameOverride": NODE_NAME,
+        "bindAddress": network_guard.NODE_ADDRESS,
+        "healthzBindAddress": f"127.0.0.1:{ports.kube_proxy_healthz}",
+        "metricsBindAddress": f"127.0.0.1:{ports.kube_proxy_metrics}",
+        # Traffic from these addresses is "local": only traffic from elsewhere (the host's
+        # own address is inside) is masqueraded, and that stays on the bridge anyway.
+        "clusterCIDR": network_guard.REAL_POD_RANGE,
+        "detectLocalMode": "ClusterCIDR",
+        # NodePorts only on our bridge address, never on the uplink's.
+        "nodePortAddresses": [f"{network_guard.NODE_ADDRESS}/32"],
+        # 0 everywhere: kube-proxy leaves the host's conntrack sysctls alone.
+        "conntrack": {
+            "maxPerCore": 0,
+            "min": 0,
+            "tcpEstablishedTimeout": "0s",
+            "tcpCloseWaitTimeout": "0s",
+            "udpTimeout": "0s",
+            "udpStreamTimeout": "0s",
+        },
+    }
+
+
+def build_kube_proxy(node: NodeLayout, *, kube_proxy_binary: Path) -> tuple[str, ...]:
+    return (str(kube_proxy_binary), f"--config={node.kube_proxy_config}", "--v=1")
 
 
 def build_containerd(node: NodeLayout) -> tuple[str, ...]:
@@ -325,6 +379,26 @@ def write_files(
             client_key=node.kubelet_client.key.read_bytes(),
         ),
     )
+    proxy_client, proxy_key = pki.issue_certificate(
+        authority,
+        # Bound to ClusterRole system:node-proxier by the apiserver's bootstrap policy.
+        common_name="system:kube-proxy",
+        usage="client",
+        now=now,
+    )
+    _write_pair(node.kube_proxy_client, proxy_client, proxy_key)
+    kubeconfigs.write_kubeconfig(
+        node.kube_proxy_kubeconfig,
+        kubeconfigs.build_kubeconfig(
+            cluster_name=node.cluster.name,
+            server=apiserver_url,
+            user="system:kube-proxy",
+            ca_certificate=cluster_pki.ca.certificate.read_bytes(),
+            client_certificate=node.kube_proxy_client.certificate.read_bytes(),
+            client_key=node.kube_proxy_client.key.read_bytes(),
+        ),
+    )
+    node.kube_proxy_config.write_text(yaml.safe_dump(kube_proxy_configuration(node, ports=ports)))
     node.kubelet_config.write_text(
         yaml.safe_dump(
             kubelet_configuration(node, ports=ports, ca_certificate=cluster_pki.ca.certificate)
@@ -510,7 +584,7 @@ def _remove_kube_chains(family: str, table: str) -> list[str]:
 def restore_host(node: NodeLayout) -> list[str]:
     """Undo what the kubelet did to the host: its sysctls and its iptables chains and tables.
 
-    Tables of :data:`IPTABLES_TABLES` that did not exist before are deleted; in those that
+    Tables of :data:`KUBE_NFT_TABLES` that did not exist before are deleted; in those that
     did, only KUBE-* chains and jumps to them go. Returns what could not be undone.
     """
     try:
@@ -526,10 +600,10 @@ def restore_host(node: NodeLayout) -> list[str]:
                 problems.append(f"sysctl {key}: {error.strerror}")
     existed = {tuple(pair) for pair in before.get("nftTables", [])}
     present = {tuple(pair) for pair in _nft_tables()}
-    for family, table in IPTABLES_TABLES:
+    for family, table in KUBE_NFT_TABLES:
         if (family, table) not in present:
             continue
-        if before and (family, table) not in existed:
+        if table == KUBE_PROXY_TABLE or (before and (family, table) not in existed):
             problems += filter(None, [_nft(["delete", "table", family, table])])
         else:
             problems += _remove_kube_chains(family, table)
@@ -644,7 +718,13 @@ def remaining_resources(node: NodeLayout) -> list[str]:
     found = [f"mount {point}" for point in _mounts_under(node.owned_trees)]
     found += [f"cgroup {directory}" for directory in _cgroup_dirs()]
     found += [f"shim pid {pid}" for pid in sorted(_our_shims(node.containerd.socket))]
-    for family, table in IPTABLES_TABLES:
+    tables = {tuple(pair) for pair in _nft_tables()}
+    found += [
+        f"nftables table {f} {t}"
+        for f, t in KUBE_NFT_TABLES
+        if t == KUBE_PROXY_TABLE and (f, t) in tables
+    ]
+    for family, table in KUBE_NFT_TABLES:
         items = _nft_json(["list", "table", family, table]).get("nftables", [])
         found += [
             f"nftables chain {family} {table} {item['chain']['name']}"
