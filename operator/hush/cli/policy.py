@@ -55,7 +55,7 @@ _COUNTING = {
     "zcdp": (
         "zCDP accounting: each release adds its rho; releases left = how many more rho fit "
         "the quota's rho, the largest with rho + 2 sqrt(rho ln(1/delta)) <= epsilon (more "
-        "than remaining epsilon / epsilon: zCDP composes sublinearly)"
+        "than remaining epsilon / epsilon when releases are many: zCDP composes sublinearly)"
     ),
     "rdp": (
         "RDP accounting: each release adds its Renyi curve at every order; releases left = "
