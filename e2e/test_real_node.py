@@ -237,6 +237,50 @@ def test_a_cluster_ip_service_reaches_the_pod_through_kube_proxy(
     real_cluster.kubectl("delete", "service", "real-web", "--namespace=default")
 
 
+def test_a_pod_reaches_the_apiserver_through_the_kubernetes_service(
+    real_cluster: Cluster, web_pod: dict[str, Any]
+) -> None:
+    slices = real_cluster.get(
+        "endpointslices", "--namespace=default", "--selector=kubernetes.io/service-name=kubernetes"
+    )["items"]
+    addresses = {a for s in slices for e in s["endpoints"] for a in e["addresses"]}
+    assert addresses == {network_guard.NODE_ADDRESS}
+    service_ip = real_cluster.get("service", "kubernetes", "--namespace=default")["spec"][
+        "clusterIP"
+    ]
+    assert _route_device(service_ip) == network_guard.BRIDGE
+    # The apiserver listens on every address; the guard drops its port elsewhere.
+    port = real_cluster.get(
+        "endpointslices", "--namespace=default", "--selector=kubernetes.io/service-name=kubernetes"
+    )["items"][0]["ports"][0]["port"]
+    table = subprocess.run(
+        ["nft", "list", "chain", network_guard.NFT_FAMILY, network_guard.NFT_TABLE, "input"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"tcp dport {port} " in table
+    assert "inbound_dropped" in table
+    # Plain HTTP to the TLS port: Go's TLS server answers in plain text, which proves the
+    # pod's connection reached the apiserver (busybox has no TLS client).
+    answer = real_cluster.kubectl(
+        "exec",
+        "real-web",
+        "--namespace=default",
+        "-i",
+        "--",
+        "/bin/busybox",
+        "nc",
+        "-w",
+        "3",
+        service_ip,
+        "443",
+        stdin="GET /version HTTP/1.0\r\n\r\n",
+        check=False,
+    )
+    assert "Client sent an HTTP request to an HTTPS server" in answer, answer
+
+
 def test_a_pod_cannot_reach_outside_the_packet_dies_on_our_drop_rule(
     real_cluster: Cluster, web_pod: dict[str, Any]
 ) -> None:

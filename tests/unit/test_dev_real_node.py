@@ -136,13 +136,25 @@ def test_ruleset_drops_both_directions_and_leaks_and_never_masquerades() -> None
         assert cluster_range in ruleset
 
 
+def test_ports_open_to_pods_are_dropped_on_every_other_interface() -> None:
+    ruleset = network_guard.nft_ruleset(cluster_name="c1", inbound_ports=(6443, 7000))
+    bridge = network_guard.BRIDGE
+    expected = (
+        f'tcp dport {{ 6443, 7000 }} iifname != {{ "{bridge}", "lo" }} '
+        'counter name "inbound_dropped" drop'
+    )
+    assert expected in ruleset
+    assert "dport" not in network_guard.nft_ruleset(cluster_name="c1")
+
+
 @pytest.mark.skipif(
     shutil.which("nft") is None or not Path("/proc/self").exists(), reason="needs nft"
 )
-def test_ruleset_is_accepted_by_nft_check_mode() -> None:
+@pytest.mark.parametrize("inbound_ports", [(), (6443,)])
+def test_ruleset_is_accepted_by_nft_check_mode(inbound_ports: tuple[int, ...]) -> None:
     result = subprocess.run(
         ["nft", "-c", "-f", "-"],
-        input=network_guard.nft_ruleset(cluster_name="c1"),
+        input=network_guard.nft_ruleset(cluster_name="c1", inbound_ports=inbound_ports),
         capture_output=True,
         text=True,
         check=False,
@@ -369,6 +381,8 @@ def test_without_a_real_node_the_components_are_unchanged(tmp_path: Path) -> Non
     assert tuple(specs) == layout.COMPONENT_NAMES
     assert "--manage-all-nodes=true" in specs["kwok"].command
     assert not any("kubelet" in flag for flag in specs["kube-apiserver"].command)
+    assert "--bind-address=127.0.0.1" in specs["kube-apiserver"].command
+    assert "--advertise-address=127.0.0.1" in specs["kube-apiserver"].command
     assert all(spec.environment == () for spec in specs.values())
 
 
@@ -378,7 +392,10 @@ def test_with_a_real_node_kwok_manages_only_its_own_nodes(tmp_path: Path) -> Non
     kwok = specs["kwok"].command
     assert "--manage-all-nodes=true" not in kwok
     assert f"--manage-nodes-with-annotation-selector={real_node.KWOK_NODE_SELECTOR}" in kwok
-    assert "--kubelet-preferred-address-types=InternalIP" in specs["kube-apiserver"].command
+    apiserver = specs["kube-apiserver"].command
+    assert "--kubelet-preferred-address-types=InternalIP" in apiserver
+    assert f"--advertise-address={network_guard.NODE_ADDRESS}" in apiserver
+    assert "--endpoint-reconciler-type=lease" in apiserver
     assert specs["kubelet"].command[0] == str(tmp_path / "node-bin" / "kubelet")
     assert specs["kubelet"].health_url == "http://127.0.0.1:9/healthz"
     assert specs["containerd"].health_url == "http://127.0.0.1:7/v1/metrics"

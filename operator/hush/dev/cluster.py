@@ -583,11 +583,7 @@ def _start_real_node(
     nodes."""
     node = real_node.NodeLayout(cluster)
     kubectl = bootstrap.Kubectl(binaries.Binaries(launcher.bin_dir).kubectl, cluster.kubeconfig)
-    host_setup.ensure_packages()
     images = real_node.build_images(inputs.cache_root)
-    # The guard before anything of the node exists, and checked: no packet may leave.
-    network_guard.apply(cluster_name=cluster.name, state_dir=cluster.state_dir)
-    network_guard.verify()
     real_node.write_files(
         node,
         cluster_pki=pki.PkiFiles(cluster.pki_dir),
@@ -647,6 +643,17 @@ def _create(
     by_name = {spec.name: spec for spec in specs}
     launcher = _Launcher(cluster, _tls_client(cluster), bins.bin_dir)
     try:
+        if real is not None:
+            # The guard before anything listens beyond loopback or any pod exists, and
+            # checked: the apiserver listens on every address, its port fenced to loopback
+            # and the bridge.
+            host_setup.ensure_packages()
+            network_guard.apply(
+                cluster_name=cluster.name,
+                state_dir=cluster.state_dir,
+                inbound_ports=(allocated.apiserver,),
+            )
+            network_guard.verify()
         for name in ("etcd", "kube-apiserver"):
             launcher.start(by_name[name])
             launcher.wait_healthy(by_name[name])

@@ -24,7 +24,7 @@ from typing import Final
 
 from hush.dev import binaries as binaries_module
 from hush.dev import layout as layout_module
-from hush.dev import pki, real_node
+from hush.dev import network_guard, pki, real_node
 
 SERVICE_CLUSTER_IP_RANGE: Final = "10.96.0.0/16"
 POD_CIDR: Final = "10.244.0.0/16"
@@ -119,8 +119,24 @@ def build_etcd(
 def build_apiserver(
     *, ports: Ports, files: pki.PkiFiles, bins: binaries_module.Binaries, real: bool = False
 ) -> ComponentSpec:
+    # With no default route the apiserver cannot pick an address to advertise and refuses
+    # to start; and loopback endpoints for the `kubernetes` Service are invalid, so the
+    # endpoint reconciler must be off.
+    listen: tuple[str, ...] = (
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        "--endpoint-reconciler-type=none",
+    )
     kubelet_flags: tuple[str, ...] = ()
     if real:
+        # Pods reach the apiserver through the `kubernetes` Service, whose endpoint is the
+        # bridge address. The apiserver binds one address or all: all, with the network
+        # guard dropping its port on every interface but loopback and the bridge.
+        listen = (
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={network_guard.NODE_ADDRESS}",
+            "--endpoint-reconciler-type=lease",
+        )
         # The kubelet authenticates the apiserver's exec/logs/port-forward calls by client
         # certificate and authorises them by SubjectAccessReview; the admin identity
         # (system:masters) passes both. Only the real node's InternalIP is dialled.
@@ -135,13 +151,8 @@ def build_apiserver(
         command=(
             str(bins.path("kube-apiserver")),
             f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
-            "--bind-address=127.0.0.1",
+            *listen,
             f"--secure-port={ports.apiserver}",
-            # With no default route the apiserver cannot pick an address to advertise and
-            # refuses to start; and loopback endpoints for the `kubernetes` Service are
-            # invalid, so the endpoint reconciler must be off.
-            "--advertise-address=127.0.0.1",
-            "--endpoint-reconciler-type=none",
             f"--tls-cert-file={files.apiserver.certificate}",
             f"--tls-private-key-file={files.apiserver.key}",
             f"--client-ca-file={files.ca.certificate}",

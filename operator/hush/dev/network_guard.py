@@ -58,7 +58,7 @@ ROUTE_PROTOCOL: Final = 211
 BLACKHOLE_METRIC: Final = 4242
 NFT_FAMILY: Final = "inet"
 NFT_TABLE: Final = "hush_guard"
-COUNTERS: Final = ("egress_dropped", "ingress_dropped", "leak_dropped")
+COUNTERS: Final = ("egress_dropped", "ingress_dropped", "leak_dropped", "inbound_dropped")
 OWNER_FILE: Final = Path("/run/hush/real-node.json")
 KUBE_PROXY_TABLE: Final = "kube-proxy"
 _COMMAND_TIMEOUT_SECONDS: Final = 30.0
@@ -84,13 +84,23 @@ def probe_address(cluster_range: str) -> str:
     return str(network.network_address + 7)
 
 
-def nft_ruleset(*, cluster_name: str) -> str:
+def nft_ruleset(*, cluster_name: str, inbound_ports: Sequence[int] = ()) -> str:
     """The nftables script that creates (or replaces) the guard table, for ``nft -f``.
+
+    ``inbound_ports`` are TCP ports of host processes listening on every address (the
+    apiserver, so that pods reach it on the bridge): they are dropped on every interface but
+    loopback and the bridge.
 
     ``accept`` in a base chain only ends this table's verdict: other tables still see the
     packet, so the guard adds drops and never opens anything another table closes.
     """
     ranges = ", ".join(GUARDED_RANGES)
+    inbound = (
+        f"tcp dport {{ {', '.join(str(p) for p in inbound_ports)} }} "
+        f'iifname != {{ "{BRIDGE}", "lo" }} counter name "inbound_dropped" drop'
+        if inbound_ports
+        else ""
+    )
     # `table ...; delete table ...;` first: re-applying replaces the table atomically, even
     # after a crash left an older version behind (deleting a missing table would fail).
     return f"""\
@@ -101,6 +111,11 @@ table {NFT_FAMILY} {NFT_TABLE} {{
     counter egress_dropped {{ comment "forwarded from {BRIDGE} to another interface" }}
     counter ingress_dropped {{ comment "forwarded from another interface to {BRIDGE}" }}
     counter leak_dropped {{ comment "a cluster address leaving on another interface" }}
+    counter inbound_dropped {{ comment "a cluster-only port reached from another interface" }}
+    chain input {{
+        type filter hook input priority filter - 10; policy accept;
+        {inbound}
+    }}
     chain forward {{
         type filter hook forward priority filter - 10; policy accept;
         iifname "{BRIDGE}" oifname "{BRIDGE}" accept
@@ -184,7 +199,7 @@ def guard_problems(ruleset: dict[str, Any]) -> list[str]:
         if "rule" in item and any("drop" in expression for expression in item["rule"]["expr"])
     ]
     if len(drops) < 4:  # two in forward, one each in output and postrouting
-        problems.append(f"table {NFT_TABLE} has {len(drops)} drop rules, expected 4")
+        problems.append(f"table {NFT_TABLE} has {len(drops)} drop rules, expected at least 4")
     for item in items:
         rule = item.get("rule")
         # kube-proxy's own table masquerades Service traffic (hairpin, and Service traffic from
@@ -260,7 +275,7 @@ def _bridge_exists() -> bool:
     return bool(_run(["ip", "-j", "link", "show", "dev", BRIDGE], check=False).strip())
 
 
-def apply(*, cluster_name: str, state_dir: Path) -> None:
+def apply(*, cluster_name: str, state_dir: Path, inbound_ports: Sequence[int] = ()) -> None:
     """Create the bridge, routes and nftables table of the guard (before any pod starts).
 
     Refuses when another cluster's guard is in place: the bridge and ranges are per machine.
@@ -277,7 +292,10 @@ def apply(*, cluster_name: str, state_dir: Path) -> None:
         record = {"name": cluster_name, "stateDir": str(state_dir), "ipForward": _read_forwarding()}
         OWNER_FILE.write_text(json.dumps(record))
     # The table first: from the moment forwarding is on, nothing may leave the bridge.
-    _run(["nft", "-f", "-"], stdin=nft_ruleset(cluster_name=cluster_name))
+    _run(
+        ["nft", "-f", "-"],
+        stdin=nft_ruleset(cluster_name=cluster_name, inbound_ports=inbound_ports),
+    )
     if not _bridge_exists():
         _run(["ip", "link", "add", "name", BRIDGE, "type", "bridge"])
     prefix = ipaddress.ip_network(NODE_POD_SUBNET).prefixlen
