@@ -404,6 +404,11 @@ def render_table(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def now() -> datetime.datetime:
+    """The time rates are measured to (a function, so that tests can fix it)."""
+    return datetime.datetime.now(datetime.UTC)
+
+
 def run(arguments: argparse.Namespace) -> int:
     from hush.kube import client  # imported here so other commands start fast
 
@@ -428,7 +433,7 @@ def run(arguments: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    document = status_document(budgets, policies, datetime.datetime.now(datetime.UTC))
+    document = status_document(budgets, policies, now())
     if arguments.output == "json":
         print(json.dumps(document, indent=2))
     elif arguments.output == "yaml":
