@@ -151,8 +151,11 @@ def build_apiserver(
         command=(
             str(bins.path("kube-apiserver")),
             f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
-            *listen,
+            # This order is that of clusters created before real nodes existed: a kwok-only
+            # cluster's commands digest must not change, or every running one is recreated.
+            listen[0],
             f"--secure-port={ports.apiserver}",
+            *listen[1:],
             f"--tls-cert-file={files.apiserver.certificate}",
             f"--tls-private-key-file={files.apiserver.key}",
             f"--client-ca-file={files.ca.certificate}",
