@@ -651,6 +651,12 @@ def render_table(document: dict[str, Any], *, wide: bool = False) -> str:
                 ]
             rows.append(tuple(row))
         lines += table_lines(rows)
+        for field in route["fields"]:
+            if field.get("selectionThreshold") is not None:
+                lines.append(
+                    f"  {field['path']}: a key is released only when its noisy count reaches "
+                    f"{field['selectionThreshold']} (partition selection)"
+                )
         for warning in route["warnings"]:
             lines += textwrap.wrap(
                 warning, width=100, initial_indent="  ! ", subsequent_indent="    "
