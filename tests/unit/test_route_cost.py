@@ -15,17 +15,7 @@ from hypothesis import strategies
 
 from hush.api import dppolicy
 from hush.privacy import accounting, kinds, mechanisms, route_cost
-
-
-def route(**overrides: Any) -> dppolicy.Route:
-    raw: dict[str, Any] = {
-        "path": "/stats",
-        "mechanism": "laplace",
-        "epsilon": 0.5,
-        "fields": [{"path": "$.count", "kind": "count"}],
-    }
-    raw.update(overrides)
-    return dppolicy.Route.model_validate(raw)
+from tests.policies import route
 
 
 def _field(**raw: Any) -> dppolicy.Field:

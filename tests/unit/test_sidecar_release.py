@@ -16,6 +16,7 @@ from hush.api import dppolicy, jsonpath
 from hush.privacy import kinds, mechanisms, route_cost
 from hush.reconcile import dppolicy as policy_reconcile
 from hush.sidecar import config, release
+from tests.policies import route
 
 
 @dataclasses.dataclass
@@ -39,17 +40,6 @@ def shifting_planner(shift: float | int) -> route_cost.Planner:
         return dataclasses.replace(real, sampler=sampler)
 
     return planner
-
-
-def route(**overrides: Any) -> dppolicy.Route:
-    raw: dict[str, Any] = {
-        "path": "/stats",
-        "mechanism": "laplace",
-        "epsilon": 0.5,
-        "fields": [{"path": "$.count", "kind": "count"}],
-    }
-    raw.update(overrides)
-    return dppolicy.Route.model_validate(raw)
 
 
 def released(
