@@ -22,6 +22,11 @@ One module, one job:
 - ``demo``: ``hush dev demo`` (``make demo``), the Hush story told with real objects, with
   ``demo_objects`` (its manifests, pure), ``sample_app`` (the application behind the sidecar)
   and ``host_sidecar`` (a Pod's injected sidecar container run as a host process).
+- ``real_node`` (``up --real-node``): one node where containers really run (containerd,
+  runc, CNI bridge, kubelet, kube-proxy), with ``network_guard`` (bridge, routes and
+  nftables drops that keep every packet on the machine), ``host_setup`` (Debian packages),
+  ``containerd_config`` (containerd and CNI configs, pure) and ``oci_image`` (the node's
+  images, built here).
 - ``errors``: the one exception the CLI turns into a message and exit code 1.
 
 Nothing here is used by the operator at runtime: this package only stands a cluster up.

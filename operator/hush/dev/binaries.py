@@ -68,7 +68,7 @@ def _build_script() -> Path:
     return repository_root() / "hack" / "controlplane" / "build.sh"
 
 
-def _run_build_script(script: Path | None = None) -> Path:
+def _run_build_script(script: Path | None = None, *, cold: str = "15-30 minutes") -> Path:
     script = script or _build_script()
     if not script.is_file():
         raise errors.DevClusterError(
@@ -76,7 +76,7 @@ def _run_build_script(script: Path | None = None) -> Path:
             "checkout of the repository (pip install -e .) or set HUSH_CONTROLPLANE_BIN to a "
             "directory holding " + ", ".join(REQUIRED_BINARIES)
         )
-    logger.info("Started %s (a cold build takes 15-30 minutes)", script)
+    logger.info("Started %s (a cold build takes %s)", script, cold)
     # stderr (inherited file descriptor 2) carries the build's progress to the user.
     result = subprocess.run(
         ["bash", str(script)],
@@ -131,8 +131,7 @@ def locate_node(environ: Mapping[str, str]) -> Path:
     if configured:
         bin_dir = Path(configured).expanduser()
     else:
-        logger.info("Checking the node binaries (kubelet, kube-proxy; a first build takes minutes)")
-        bin_dir = _run_build_script(_node_build_script())
+        bin_dir = _run_build_script(_node_build_script(), cold="about 10 minutes")
     missing = [name for name in NODE_BINARIES if not os.access(bin_dir / name, os.X_OK)]
     if missing:
         source = "HUSH_NODE_BIN" if configured else str(_node_build_script())
