@@ -249,6 +249,15 @@ def test_the_command_lists_budgets_and_policies(
     assert "team analytics" in table
     assert "Progressing" in table
     assert "0.3/h" in table
+    assert "11h0m" in table or "10h59m" in table  # analytics: 2.2 left at 0.2 an hour
+
+
+def test_a_spent_quota_reads_exhausted() -> None:
+    budget = _budget()
+    budget["status"]["teams"][0]["epsilon"] = {"total": "2.5", "spent": "2.5", "remaining": "0"}
+    table = status.render_table(status.status_document([budget], [], NOW))
+    [analytics] = [line for line in table.splitlines() if "team analytics" in line]
+    assert analytics.split()[-1] == "exhausted"
 
 
 def test_the_command_fails_clearly_without_a_cluster(

@@ -346,11 +346,16 @@ def _spend_text(spend: dict[str, str] | None) -> tuple[str, str, str]:
     return (spend["total"], spend["spent"], spend["remaining"])
 
 
-def _burn_text(entry: dict[str, Any] | None) -> tuple[str, str]:
+def _burn_text(entry: dict[str, Any] | None, spend: dict[str, str] | None) -> tuple[str, str]:
+    """The BURN and EXHAUSTED IN columns: epsilon an hour, and when it runs out."""
+    spent_out = spend is not None and Decimal(spend["remaining"]) <= 0
     if entry is None:
-        return ("-", "-")
+        return ("-", "exhausted" if spent_out else "-")
     seconds = entry["secondsToExhaustion"]
-    return (f"{entry['epsilonPerHour']}/h", duration_text(seconds))
+    rate = f"{float(entry['epsilonPerHour']):.4g}/h"
+    if spent_out or seconds == 0:
+        return (rate, "exhausted")
+    return (rate, duration_text(seconds))
 
 
 def render_table(document: dict[str, Any]) -> str:
@@ -377,10 +382,20 @@ def render_table(document: dict[str, Any]) -> str:
         rows: list[tuple[str, ...]] = [
             ("WHO", "EPSILON", "SPENT", "REMAINING", "BURN", "EXHAUSTED IN")
         ]
-        rows.append(("(dataset)", *_spend_text(budget["epsilon"]), *_burn_text(budget["burn"])))
+        rows.append(
+            (
+                "(dataset)",
+                *_spend_text(budget["epsilon"]),
+                *_burn_text(budget["burn"], budget["epsilon"]),
+            )
+        )
         for team in budget["teams"]:
             rows.append(
-                (f"team {team['team']}", *_spend_text(team["epsilon"]), *_burn_text(team["burn"]))
+                (
+                    f"team {team['team']}",
+                    *_spend_text(team["epsilon"]),
+                    *_burn_text(team["burn"], team["epsilon"]),
+                )
             )
         lines += policy_commands.table_lines(rows)
         if budget["policies"]:
