@@ -12,7 +12,9 @@ now, so that a budget nobody spends any more slows down instead of keeping its l
 time to exhaustion (``seconds_to_exhaustion``, pure) is the longest time during which that
 rate of cost units still fits the quota, judged by the budget's own accountant (epsilons add
 under pure accounting, rho under zCDP, each Renyi order under RDP), so it is right for every
-accounting mode, not only where epsilons add.
+accounting mode, not only where epsilons add. The BURN column is the routes' declared epsilon
+charged per hour: under zCDP and RDP the epsilon the budget counts as spent grows more slowly
+than that sum, which is why the time to exhaustion is computed in the accountant's units.
 
 Exit status: 0, or 1 when the cluster could not be read.
 """
