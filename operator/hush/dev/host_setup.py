@@ -36,6 +36,9 @@ PACKAGES: Final[Mapping[str, tuple[Path, ...]]] = {
     "containernetworking-plugins": tuple(CNI_BIN_DIR / plugin for plugin in CNI_PLUGINS),
     "nftables": (Path("/usr/sbin/nft"),),
     "iproute2": (Path("/usr/sbin/ip"),),
+    # kube-router's NetworkPolicy firewall (hush.dev.network_policy) runs both.
+    "iptables": (Path("/usr/sbin/iptables-restore"),),
+    "ipset": (Path("/usr/sbin/ipset"),),
 }
 BUSYBOX_PACKAGE: Final = "busybox-static"
 _APT_TIMEOUT_SECONDS: Final = 600.0
