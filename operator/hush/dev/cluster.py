@@ -56,6 +56,7 @@ from typing import Any, Final, Literal
 from hush.dev import (
     binaries,
     bootstrap,
+    cluster_dns,
     components,
     errors,
     health,
@@ -64,6 +65,7 @@ from hush.dev import (
     kubeconfigs,
     layout,
     network_guard,
+    network_policy,
     pki,
     ports,
     processes,
@@ -396,6 +398,8 @@ def _remove_real_node(cluster: layout.ClusterLayout) -> None:
     owner = network_guard.owner()
     ours = owner is None or owner.get("stateDir") == str(cluster.state_dir)
     leftovers = real_node.sweep(node, machine_wide=ours)
+    if ours:  # after sweep: the ipsets are free once the kubelet's tables are gone
+        leftovers += network_policy.cleanup()
     if leftovers:
         raise errors.DevClusterError(
             f"Could not remove every resource of the real node of cluster {cluster.name} "
@@ -605,6 +609,19 @@ def _start_real_node(
     launcher.start(specs["kube-proxy"])
     launcher.wait_healthy(specs["kube-proxy"])
     real_node.taint_kwok_nodes(kubectl)
+    # NetworkPolicies enforced before any workload, then the cluster DNS (issue 15).
+    services_bin = cluster_dns.locate_services(os.environ)
+    launcher.started[network_policy.COMPONENT] = network_policy.start(
+        cluster,
+        kubectl,
+        services_bin=services_bin,
+        apiserver_url=components.apiserver_url(allocated),
+        now=now,
+        check_components=launcher.check_all,
+    )
+    cluster_dns.deploy(
+        node, kubectl, services_bin=services_bin, check_components=launcher.check_all
+    )
 
 
 def _create(
@@ -750,6 +767,9 @@ def _prepare_real_node(environ: Mapping[str, str]) -> Path:
     reason = host_setup.unavailable_reason()
     if reason is not None:
         raise errors.DevClusterError(f"Cannot add a real node: {reason}")
+    # Built now, before any process starts (a cold build takes minutes); found again,
+    # warm, when the node is Ready.
+    cluster_dns.locate_services(environ)
     return binaries.locate_node(environ)
 
 
