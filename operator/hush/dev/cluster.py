@@ -70,6 +70,7 @@ from hush.dev import (
     ports,
     processes,
     real_node,
+    registry,
 )
 
 logger = logging.getLogger(__name__)
@@ -573,6 +574,7 @@ class _RealNodeInputs:
 
     node_bin_dir: Path
     cache_root: Path
+    registry_binary: Path
 
 
 def _start_real_node(
@@ -596,6 +598,10 @@ def _start_real_node(
         sandbox_image=images.pause.reference,
         now=now,
     )
+    # Before containerd: pods pull images by digest from it (hush.dev.registry).
+    spec = registry.prepare(cluster, binary=inputs.registry_binary, cache_root=inputs.cache_root)
+    launcher.start(spec)
+    launcher.wait_healthy(spec)
     launcher.start(specs["containerd"])
     launcher.wait_healthy(specs["containerd"])
     real_node.import_images(node, (images.pause, images.busybox))
@@ -830,7 +836,9 @@ def up(
                 bins,
                 nodes if nodes is not None else DEFAULT_NODE_COUNT,
                 current_time,
-                _RealNodeInputs(node_bin_dir, binaries.cache_root(environ))
+                _RealNodeInputs(
+                    node_bin_dir, binaries.cache_root(environ), registry.locate_binary(environ)
+                )
                 if node_bin_dir is not None
                 else None,
             )

@@ -11,7 +11,11 @@ setting is there. The traps it avoids are recorded in the design note real-nodes
   kubelet starts, otherwise containerd pulls ``registry.k8s.io/pause``;
 - ``netns_mounts_under_state_dir = true``: pod network namespaces live under our state
   directory, not ``/var/run/netns``, so ``down`` finds every one of ours;
-- every directory (root, state, CNI config, IPAM data, opt) is the cluster's own.
+- every directory (root, state, CNI config, IPAM data, opt) is the cluster's own;
+- ``config_path``: registry hosts come only from ``hosts.toml`` files in the cluster's
+  directory (``hush.dev.registry`` writes one for its registry on 127.0.0.1, plain HTTP), so
+  the one registry a pull can reach is ours; any other host still goes through the closed
+  loopback proxy and fails there.
 
 The CNI network is one ``bridge`` plugin on :data:`network_guard.BRIDGE` with ``host-local``
 addresses from the node's pod subnet, the bridge address as gateway and **no masquerade**
@@ -43,10 +47,22 @@ class ContainerdPaths:
     cni_bin_dir: Path
     cni_ipam_dir: Path
     opt_dir: Path
+    registry_hosts_dir: Path | None = None
+    """containerd's ``config_path``: ``<host:port>/hosts.toml`` files (the local registry's)."""
 
 
 def _toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def _registry_section(cri: str, hosts_dir: Path | None) -> str:
+    if hosts_dir is None:
+        return ""
+    return f"""{cri[:-1]}.registry]
+  # hosts.toml per registry (containerd 1.6 config_path): our loopback registry only.
+  config_path = {_toml_string(str(hosts_dir))}
+
+"""
 
 
 def containerd_config(*, paths: ContainerdPaths, sandbox_image: str, metrics_port: int) -> str:
@@ -94,7 +110,7 @@ disabled_plugins = [
 {cri[:-1]}.containerd.runtimes.runc.options]
   SystemdCgroup = false
 
-{cri[:-1]}.cni]
+{_registry_section(cri, paths.registry_hosts_dir)}{cri[:-1]}.cni]
   bin_dir = {_toml_string(str(paths.cni_bin_dir))}
   conf_dir = {_toml_string(str(paths.cni_conf_dir))}
   max_conf_num = 1

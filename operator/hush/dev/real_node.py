@@ -182,6 +182,8 @@ class NodeLayout:
             cni_bin_dir=host_setup.CNI_BIN_DIR,
             cni_ipam_dir=self.directory / "cni" / "ipam",
             opt_dir=self.directory / "containerd-opt",
+            # hush.dev.registry writes the local registry's hosts.toml here.
+            registry_hosts_dir=self.directory / "certs.d",
         )
 
     @property
