@@ -7,6 +7,15 @@ Routes (JSON bodies, see ``protocol``):
   sidecar calls its upstream only after it. There is no reserve, commit or release (refund)
   on the wire: once the upstream may have been consulted, nothing can give the cost back
   (docs/design/0018, "Wire").
+- ``POST /v1/leases``  grant a lease: ``{leaseId, policy, route, policyHash, releases,
+  seconds}``; the lease is durable (recorded as spent in full) before the answer.
+- ``POST /v1/leases/{id}/report``  record releases made under the lease, ``{policy,
+  policyHash, batch, releases: [{route, requestId, time}], renew, seconds}``; with
+  ``renew`` the lease is topped up and extended.
+- ``POST /v1/leases/{id}/settle``  the same body without ``renew``: record the last
+  releases, close the lease and return its unspent units. Leases are docs/design/0021; their
+  models and outcome codes are ``hush.api.spending``. Same authentication, authorisation and
+  policy-hash check as a charge; every route is priced here, from the policy.
 - ``GET /v1/policy-status?policy=<name>&policyHash=<baked>``  is the caller's baked policy
   hash still the DPPolicy's? (read-only, so standby replicas answer it too; sidecars poll it
   and turn not-ready when stale, before any charge is refused)
@@ -27,15 +36,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pydantic
 from aiohttp import web
 
 from hush.accountant import authorization, pricing, protocol, writer
 from hush.api import ledger as wire
+from hush.api import spending
 from hush.ledger import book
 from hush.observability import metrics
 from hush.privacy import amounts
@@ -69,6 +80,16 @@ _OUTCOME_STATUS: dict[book.OutcomeCode, int] = {
     "no-quota": 403,
     "under-noised": 422,
     "unaccountable": 409,
+    "leased": 200,
+    "reported": 200,
+    "settled": 200,
+    "swept": 200,
+    "beyond-lease": 409,
+    "out-of-order": 409,
+    "unknown-lease": 404,
+    "not-your-lease": 403,
+    "expired": 410,
+    "too-many-leases": 429,
 }
 
 
@@ -118,6 +139,9 @@ class Accountant:
         app.add_routes(
             [
                 web.post("/v1/charge", self._charge),
+                web.post("/v1/leases", self._lease_grant),
+                web.post("/v1/leases/{lease}/report", self._lease_report),
+                web.post("/v1/leases/{lease}/settle", self._lease_settle),
                 web.get("/v1/policy-status", self._policy_status),
                 web.get("/healthz", self._healthz),
                 web.get("/readyz", self._readyz),
@@ -266,6 +290,197 @@ class Accountant:
                 over_budget=outcome.over_budget,
             ),
         )
+
+    # -- leases (docs/design/0021-leases.md) ------------------------------------------------
+
+    async def _lease_grant(self, request: web.Request) -> web.Response:
+        if not self._is_leader():
+            return _lease_refusal(503, "standby", "This replica is not the active accountant")
+        try:
+            body = _parse_model(spending.LeaseGrantRequest, await request.read())
+            grant, policy = await self._grant(request, body.policy, body.policy_hash)
+            authorization.check_policy_hash(policy, body.policy_hash)
+            route = authorization.check_route(body.policy, policy, body.route)
+            price = self._prices.price(grant.namespace, body.policy, policy, route)
+        except _REFUSED as error:
+            return _lease_refusal_for(error)
+        lease = book.LeaseRequest(
+            lease_id=body.lease_id,
+            consumer=_consumer(grant.namespace, grant.pod, grant.policy, grant.team),
+            route=body.route,
+            release=price.release,
+            releases=body.releases,
+            seconds=body.seconds,
+        )
+
+        def operation(working: book.Book, now: Any) -> book.Outcome:
+            refusal = _unaccountable(working, body.policy, {body.route: price})
+            return refusal or working.grant_lease(lease, now)
+
+        return await self._lease_submit(grant, "lease", operation)
+
+    async def _lease_report(self, request: web.Request) -> web.Response:
+        return await self._lease_report_or_settle(request, settle=False)
+
+    async def _lease_settle(self, request: web.Request) -> web.Response:
+        return await self._lease_report_or_settle(request, settle=True)
+
+    async def _lease_report_or_settle(self, request: web.Request, *, settle: bool) -> web.Response:
+        if not self._is_leader():
+            return _lease_refusal(503, "standby", "This replica is not the active accountant")
+        lease_id = request.match_info["lease"]
+        try:
+            if _LEASE_ID.fullmatch(lease_id) is None:
+                raise _BadRequestError(f"Not a lease id: {lease_id[:64]!r}")
+            body = _parse_model(spending.LeaseReportRequest, await request.read())
+            if settle and body.renew is not None:
+                raise _BadRequestError("A settlement cannot renew the lease")
+            grant, policy = await self._grant(request, body.policy, body.policy_hash)
+            authorization.check_policy_hash(policy, body.policy_hash)
+            prices = self._route_prices(grant.namespace, body.policy, policy)
+            reported = tuple(
+                book.ReportedRelease(
+                    request_id=item.request_id,
+                    route=item.route,
+                    time=item.time,
+                    release=_reported_price(body.policy, policy, prices, item.route).release,
+                )
+                for item in body.releases
+            )
+        except _REFUSED as error:
+            return _lease_refusal_for(error)
+        report = book.LeaseReport(
+            lease_id=lease_id,
+            consumer=_consumer(grant.namespace, grant.pod, grant.policy, grant.team),
+            batch=body.batch,
+            releases=reported,
+            renew=body.renew,
+            prices={route: price.release for route, price in prices.items()},
+            seconds=body.seconds,
+        )
+        used = {item.route: prices[item.route] for item in body.releases}
+
+        def operation(working: book.Book, now: Any) -> book.Outcome:
+            refusal = _unaccountable(working, body.policy, used)
+            return refusal or working.report_lease(report, now, settle=settle)
+
+        return await self._lease_submit(grant, "settle" if settle else "report", operation)
+
+    def _route_prices(
+        self, namespace: str, policy_name: str, policy: Mapping[str, Any]
+    ) -> dict[str, pricing.Price]:
+        """Every route of the policy that can be priced, by path (cached per generation)."""
+        prices: dict[str, pricing.Price] = {}
+        for route in (policy.get("spec") or {}).get("routes") or []:
+            if not isinstance(route, Mapping) or not isinstance(route.get("path"), str):
+                continue
+            try:
+                prices[route["path"]] = self._prices.price(namespace, policy_name, policy, route)
+            except authorization.DeniedError:
+                continue  # refused when reported; a lease on it was never granted
+        return prices
+
+    async def _lease_submit(
+        self,
+        grant: authorization.Grant,
+        action: str,
+        operation: Callable[[book.Book, Any], book.Outcome],
+    ) -> web.Response:
+        labels = (grant.namespace, grant.budget, grant.team, action)
+        started = time.perf_counter()
+        try:
+            outcome = await self._writers.writer(grant.namespace, grant.budget).submit(operation)
+        except writer.BudgetUnavailableError as error:
+            metrics.CHARGES.labels(*labels, "unavailable").inc()
+            return _lease_refusal(error.status, "unavailable", str(error))
+        finally:
+            metrics.CHARGE_LATENCY.labels(action).observe(time.perf_counter() - started)
+        metrics.CHARGES.labels(*labels, outcome.code).inc()
+        lease = outcome.lease
+        remaining = outcome.team_epsilon_remaining
+        answer = spending.LeaseAnswer(
+            outcome=outcome.code,  # the book's lease codes are a subset of spending.Outcome
+            message=outcome.message,
+            lease_id=lease.lease_id if lease is not None else None,
+            sequence=outcome.sequence,
+            budget=grant.budget,
+            team=grant.team,
+            route=lease.route if lease is not None else None,
+            granted=list(lease.granted) if lease is not None else None,
+            used=list(lease.used) if lease is not None else None,
+            added=list(outcome.added) if outcome.added else None,
+            returned=list(outcome.returned) if outcome.returned else None,
+            releases_left=outcome.releases_left if lease is not None else None,
+            reports=lease.reports if lease is not None else None,
+            expires=lease.expires if lease is not None else None,
+            epsilon_remaining=amounts.display(remaining) if remaining is not None else None,
+            over_budget=outcome.over_budget,
+        )
+        return web.Response(
+            text=answer.model_dump_json(by_alias=True, exclude_none=True),
+            status=_OUTCOME_STATUS[outcome.code],
+            content_type="application/json",
+        )
+
+
+_LEASE_ID = re.compile(spending.LEASE_ID_PATTERN)
+
+
+def _reported_price(
+    policy_name: str, policy: Mapping[str, Any], prices: Mapping[str, pricing.Price], route: str
+) -> pricing.Price:
+    """The price of a reported release's route; a route the policy does not declare is 403,
+    one it cannot price is 409 (as for a charge)."""
+    declared = authorization.check_route(policy_name, policy, route)
+    price = prices.get(route)
+    return price if price is not None else pricing.route_price(policy_name, declared)
+
+
+def _unaccountable(
+    working: book.Book, policy: str, prices: Mapping[str, pricing.Price]
+) -> book.Outcome | None:
+    """Refuse routes with partition selection under zCDP or RDP (as ``/v1/charge`` does)."""
+    if working.mode == "pure":
+        return None
+    for route, price in prices.items():
+        if price.selection_delta:
+            return book.Outcome(
+                code="unaccountable",
+                ok=False,
+                message=f"Policy {policy} route {route} selects keys by partition selection, "
+                f"whose delta {working.mode} accounting does not count: charge it to a budget "
+                "with pure accounting",
+            )
+    return None
+
+
+def _lease_refusal(status: int, outcome: spending.Outcome, message: str) -> web.Response:
+    answer = spending.LeaseAnswer(outcome=outcome, message=message)
+    return web.Response(
+        text=answer.model_dump_json(by_alias=True, exclude_none=True),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def _lease_refusal_for(error: Exception) -> web.Response:
+    if isinstance(error, authorization.DeniedError):
+        return _lease_refusal(error.status, "denied", str(error))
+    if isinstance(error, pydantic.ValidationError):
+        return _lease_refusal(400, "bad-request", _describe(error))
+    return _lease_refusal(400, "bad-request", str(error))
+
+
+_Model = TypeVar("_Model", bound=pydantic.BaseModel)
+
+
+def _parse_model(model: type[_Model], body: bytes) -> _Model:
+    try:
+        return model.model_validate_json(body)
+    except pydantic.ValidationError as error:
+        if any(problem["type"] == "json_invalid" for problem in error.errors()):
+            raise _BadRequestError("The body is not JSON") from None
+        raise
 
 
 class _BadRequestError(Exception):

@@ -30,6 +30,13 @@ as long as the callers keep arriving. With one caller the target is one operatio
 nothing waits; a caller that went away costs one gap, after which the estimate follows the
 smaller batch.
 
+Leases (docs/design/0021-leases.md). Every batch first writes off the open leases past their
+expiry (``Book.expire_leases``), so a lease is closed by whatever operation comes next. So
+that a crashed sidecar's lease is written off even when nothing else happens on the budget,
+after each write the writer arms a timer for the first open lease's expiry and then submits
+a no-op through the same queue ("sweep"). Write-offs are logged and counted in
+``hush_ledger_leases_written_off``.
+
 Only the active replica records spends (``leadership``): the registry's ``spending_refusal``
 says why not, when this replica may not, and is checked when an operation is submitted and
 again after each read, before the batch is applied. Queued spends fail with 503 the moment
@@ -72,7 +79,15 @@ MAX_CONFLICT_RETRIES = 20
 GATHER_SECONDS = float(os.environ.get("HUSH_LEDGER_GATHER_MS", "5")) / 1000
 GATHER_MAX_SECONDS = float(os.environ.get("HUSH_LEDGER_GATHER_MAX_MS", "40")) / 1000
 
+# A lease's expiry is checked at the sweep this long after it (clocks and timers are coarse).
+SWEEP_MARGIN_SECONDS = 0.25
+
 Operation = Callable[[book.Book, datetime.datetime], book.Outcome]
+
+
+def _sweep(working: book.Book, now: datetime.datetime) -> book.Outcome:
+    """The no-op whose batch writes off expired leases (every batch does, first)."""
+    return book.Outcome(code="swept", ok=True, message="Wrote off expired leases")
 
 
 class BudgetStore(Protocol):
@@ -164,6 +179,11 @@ class BudgetWriter:
         self._last_arrival = 0.0
         self.writes = 0
         self.conflicts = 0
+        # Leases written off and the first open lease's expiry, from the last ``_apply``.
+        self._written_off: list[wire.Lease] = []
+        self._next_expiry: datetime.datetime | None = None
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        self._sweeps: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         if self._task is None:
@@ -172,6 +192,11 @@ class BudgetWriter:
             )
 
     async def stop(self) -> None:
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
+        for sweep in list(self._sweeps):
+            sweep.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -340,6 +365,20 @@ class BudgetWriter:
             )
             metrics.STATUS_WRITES.labels(self._namespace, self._name, "written").inc()
             metrics.BATCH_SIZE.observe(len(batch))
+            for lease in self._written_off:
+                logger.info(
+                    "Wrote off expired lease",
+                    extra={
+                        "budget": f"{self._namespace}/{self._name}",
+                        "lease": lease.lease_id,
+                        "pod": lease.consumer.pod,
+                        "releases": lease.releases,
+                    },
+                )
+                metrics.LEASES_WRITTEN_OFF.labels(
+                    self._namespace, self._name, lease.consumer.team
+                ).inc()
+            self._arm_sweep(self._next_expiry)
             _publish_gauges(self._namespace, self._name, written)
             self._cached = written
             if self._on_written is not None:
@@ -348,6 +387,30 @@ class BudgetWriter:
         raise BudgetUnavailableError(
             f"PrivacyBudget {self._name} kept changing under {MAX_CONFLICT_RETRIES} writes"
         )
+
+    def _arm_sweep(self, expiry: datetime.datetime | None) -> None:
+        """Sweep once the first open lease has expired (nothing to do without leases)."""
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
+        if expiry is None:
+            return
+        delay = max((expiry - self._clock()).total_seconds(), 0.0) + SWEEP_MARGIN_SECONDS
+        self._sweep_timer = asyncio.get_running_loop().call_later(delay, self._start_sweep)
+
+    def _start_sweep(self) -> None:
+        self._sweep_timer = None
+        task = asyncio.create_task(self._sweep_expired())
+        self._sweeps.add(task)
+        task.add_done_callback(self._sweeps.discard)
+
+    async def _sweep_expired(self) -> None:
+        try:
+            await self.submit(_sweep)
+        except BudgetUnavailableError as error:
+            # A standby replica (or a missing budget): the active writer sweeps on its next
+            # batch, whatever that batch is.
+            logger.info("Skipped the lease sweep", extra={"budget": self._name, "why": str(error)})
 
     def _limits_for(self, spec: privacybudget.PrivacyBudgetSpec) -> book.Limits:
         # Capacities cost milliseconds (RDP converts at 46 orders); specs rarely change.
@@ -378,6 +441,7 @@ class BudgetWriter:
         )
         if window is not None and accepted:
             working.renew(window, now)
+        self._written_off = working.expire_leases(now) if accepted else []
         outcomes: list[book.Outcome | None] = []
         for pending in batch:
             if pending.operation is None:
@@ -392,6 +456,7 @@ class BudgetWriter:
                 )
             else:
                 outcomes.append(pending.operation(working, now))
+        self._next_expiry = working.next_expiry()
         new_status = budget_status.evaluate(
             current.get("spec") or {},
             generation=generation,

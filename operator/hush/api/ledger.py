@@ -1,10 +1,12 @@
 """Wire shape of the privacy ledger kept in ``PrivacyBudget.status.ledger``.
 
-The ledger is append-only and hash-chained: every reservation, commit and release is an
-entry whose hash covers the previous entry's hash and its own content, so an edit, a
-dropped entry or a reordering is detected by ``hush ledger verify``. Status must stay small
-(tens of KiB) forever, so old entries are folded into one cumulative checkpoint that keeps
-per-consumer totals, the count, the first/last sequence and the head hash at the fold.
+The ledger is append-only and hash-chained: every charge, lease grant, report of releases
+under a lease, settlement and write-off is an entry whose hash covers the previous entry's
+hash and its own content, so an edit, a dropped entry or a reordering is detected by
+``hush ledger verify``. Status must stay small (tens of KiB) forever, so old entries are
+folded into one cumulative checkpoint that keeps per-consumer totals, the count, the
+first/last sequence and the head hash at the fold; open leases are bounded by
+``MAX_LEASES``.
 
 Costs are integer units of the budget's accounting mode (see ``hush.privacy.accounting``):
 sums of integers cannot round past a cap the way float sums can.
@@ -26,9 +28,18 @@ MAX_ENTRIES = 24
 MAX_RESERVATIONS = 128
 MAX_RECENT_REQUESTS = 64
 MAX_CONSUMER_TOTALS = 64
+# Open leases kept in status (docs/design/0021-leases.md): one per live sidecar and budget,
+# so this bounds the pods that may hold a lease on one budget at once.
+MAX_LEASES = 128
 
-Action = Literal["reserve", "commit", "release", "charge", "renew"]
-RequestState = Literal["reserved", "committed", "released"]
+# "lease" grants (or tops up) a lease: its full amount counts as spent at once. "report"
+# records releases made under a lease (already counted by the lease). "settle" returns a
+# lease's unspent units; "write-off" closes an expired lease, its unspent units staying spent.
+Action = Literal[
+    "reserve", "commit", "release", "charge", "renew", "lease", "report", "settle", "write-off"
+]
+RequestState = Literal["reserved", "committed", "released", "settled", "written-off"]
+LEASE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,48}$"
 
 _ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 _HASH = pydantic.Field(max_length=64, pattern=r"^[0-9a-f]{64}$")
@@ -65,6 +76,17 @@ class Entry(common.ResourceModel):
     epsilon: str = pydantic.Field(default="", max_length=40)
     delta: str = pydantic.Field(default="", max_length=40)
     cost: list[int] = _units()
+    # Only "report" entries carry these two; when None they are left out of the hash, so
+    # entries written before leases existed verify unchanged.
+    releases: int | None = pydantic.Field(
+        default=None, ge=1, description="Releases this report entry records (one route)."
+    )
+    requests: str | None = pydantic.Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of the reported releases' '<requestId> <time>' lines, in order.",
+    )
     previous_hash: str = _HASH
     hash: str = _HASH
 
@@ -83,6 +105,26 @@ class Reservation(common.ResourceModel):
     sequence: int = pydantic.Field(ge=1)
 
 
+class Lease(common.ResourceModel):
+    """An open lease: units granted to one pod, counted as spent in full until settled.
+
+    ``granted`` is everything the lease was given (its grant and top-ups), ``used`` what the
+    releases reported under it cost, priced from the policy. ``reports`` is the number of
+    the last report batch applied, so a retried report is recognised and never counted
+    twice. An open lease past ``expires`` is written off.
+    """
+
+    lease_id: str = pydantic.Field(max_length=48, pattern=LEASE_ID_PATTERN)
+    consumer: Consumer
+    route: str = pydantic.Field(max_length=512, description="The route the lease is sized by.")
+    granted: list[int] = _units()
+    used: list[int] = _units()
+    releases: int = pydantic.Field(default=0, ge=0)
+    reports: int = pydantic.Field(default=0, ge=0)
+    expires: str = pydantic.Field(max_length=32)
+    sequence: int = pydantic.Field(ge=1, description="The entry that granted the lease.")
+
+
 # Ledgers now keep their request window as strings (``Ledger.recent_requests``); this
 # object form is how earlier ledgers stored it in ``Ledger.recent``, still read.
 class RecentRequest(common.ResourceModel):
@@ -96,7 +138,9 @@ class RecentRequest(common.ResourceModel):
 # "<requestId> <state> <sequence>": a string per id instead of an object with three fields
 # makes every status write cheaper for the apiserver, the operator and its watchers (the
 # window is 64 ids; docs/design/0016-compact-request-window.md has the numbers).
-_RECENT_PATTERN = r"^[A-Za-z0-9._:-]{1,64} (reserved|committed|released) [1-9][0-9]{0,18}$"
+_RECENT_PATTERN = (
+    r"^[A-Za-z0-9._:-]{1,64} (reserved|committed|released|settled|written-off) [1-9][0-9]{0,18}$"
+)
 _RECENT = re.compile(_RECENT_PATTERN)
 RecentText = Annotated[str, pydantic.Field(max_length=104, pattern=_RECENT_PATTERN)]
 
@@ -173,6 +217,19 @@ class Ledger(common.ResourceModel):
         max_length=MAX_RECENT_REQUESTS,
         description="The newest request ids, oldest first, each as '<requestId> <state> "
         "<sequence>': a retry of one of them is answered, never charged twice.",
+    )
+    leases: list[Lease] = pydantic.Field(
+        default_factory=list,
+        max_length=MAX_LEASES,
+        description="Open leases, oldest first; each counts as spent in full until settled.",
+    )
+    leases_written_off: int = pydantic.Field(
+        default=0, ge=0, description="Leases that expired unsettled, ever (their units stay spent)."
+    )
+    written_off: list[int] = pydantic.Field(
+        default_factory=list,
+        max_length=64,
+        description="Unspent units of expired leases, ever: counted as spent, never released.",
     )
     entries: list[Entry] = pydantic.Field(default_factory=list, max_length=MAX_ENTRIES)
     checkpoint: Checkpoint | None = None

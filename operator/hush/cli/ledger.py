@@ -1,8 +1,11 @@
 """``hush ledger show|verify|export BUDGET``: read a PrivacyBudget's ledger from the cluster.
 
-``verify`` recomputes the hash chain and the totals and exits 1 naming every entry that was
-edited, dropped or reordered. ``export`` writes JSON lines: the checkpoint (if any), then
-every retained entry, oldest first.
+``show`` lists the open leases and the leases written off besides the newest entries (a
+"report" entry records how many releases were made under a lease, with the digest of their
+request ids). ``verify`` recomputes the hash chain and the totals (and checks that no open
+lease used more than it was granted) and exits 1 naming every entry that was edited,
+dropped or reordered. ``export`` writes JSON lines: the checkpoint (if any), every retained
+entry oldest first, then every open lease.
 """
 
 from __future__ import annotations
@@ -60,6 +63,16 @@ def show(arguments: argparse.Namespace) -> int:
     print(f"Epsilon spent: {ledger.epsilon_spent}")
     print(f"Head hash:     {ledger.head_hash}")
     print(f"Open reservations: {len(ledger.reservations)}")
+    print(
+        f"Open leases:   {len(ledger.leases)}; written off at expiry: "
+        f"{ledger.leases_written_off} (units {ledger.written_off or [0]})"
+    )
+    for lease in ledger.leases:
+        print(
+            f"  lease {lease.lease_id} pod {lease.consumer.namespace}/{lease.consumer.pod} "
+            f"route {lease.route}: granted {lease.granted}, used {lease.used} by "
+            f"{lease.releases} release(s), expires {lease.expires}"
+        )
     if checkpoint is not None:
         print(f"Checkpoint:    entries {checkpoint.first_sequence}-{checkpoint.last_sequence}")
         for consumer in checkpoint.consumers:
@@ -67,11 +80,13 @@ def show(arguments: argparse.Namespace) -> int:
                 f"  {consumer.namespace}/{consumer.policy} team {consumer.team}: "
                 f"{consumer.count} entries, cost {consumer.cost}"
             )
-    print("SEQ     ACTION   TEAM           POLICY               EPSILON   REQUEST")
+    print("SEQ     ACTION     TEAM           POLICY               EPSILON   RELEASES REQUEST")
     for entry in ledger.entries:
+        releases = entry.releases if entry.releases is not None else "-"
         print(
-            f"{entry.sequence:<7} {entry.action:<8} {entry.consumer.team:<14} "
-            f"{entry.consumer.policy:<20} {entry.epsilon or '-':<9} {entry.request_id}"
+            f"{entry.sequence:<7} {entry.action:<10} {entry.consumer.team:<14} "
+            f"{entry.consumer.policy:<20} {entry.epsilon or '-':<9} {releases!s:<8} "
+            f"{entry.request_id}"
         )
     return 0
 
@@ -105,9 +120,15 @@ def export(arguments: argparse.Namespace) -> int:
         record = {"type": "checkpoint", **ledger.checkpoint.model_dump(mode="json", by_alias=True)}
         print(json.dumps(record, sort_keys=True))
     for entry in ledger.entries:
+        record = {
+            "type": "entry",
+            **entry.model_dump(mode="json", by_alias=True, exclude_none=True),
+        }
+        print(json.dumps(record, sort_keys=True))
+    for lease in ledger.leases:
         print(
             json.dumps(
-                {"type": "entry", **entry.model_dump(mode="json", by_alias=True)}, sort_keys=True
+                {"type": "lease", **lease.model_dump(mode="json", by_alias=True)}, sort_keys=True
             )
         )
     return 0

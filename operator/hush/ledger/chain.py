@@ -38,8 +38,15 @@ def entry_content_hash(previous_hash: str, content: dict[str, Any]) -> str:
     return hashlib.sha256(previous_hash.encode() + canonical(content)).hexdigest()
 
 
+# Entry fields that are hashed only when set (added with leases; older entries lack them).
+_OPTIONAL_FIELDS = ("releases", "requests")
+
+
 def entry_hash(entry: wire.Entry) -> str:
     content = entry.model_dump(mode="json", by_alias=True, exclude={"hash"})
+    for name in _OPTIONAL_FIELDS:
+        if content.get(name) is None:
+            content.pop(name, None)
     return entry_content_hash(entry.previous_hash, content)
 
 
@@ -49,12 +56,14 @@ def checkpoint_hash(checkpoint: wire.Checkpoint) -> str:
 
 
 def signed_cost(entry: wire.Entry) -> list[int]:
-    """What the entry adds to ``spent``: reserve and charge add; release refunds; renew
-    resets a team's window (its cost is what the window had spent, minus open reservations,
-    which carry over)."""
-    if entry.action in ("reserve", "charge"):
+    """What the entry adds to ``spent``: reserve, charge and lease (a grant or top-up, in
+    full) add; release refunds, and so does settle (a lease's unspent units); renew resets a
+    team's window (its cost is what the window had spent, minus open reservations and
+    leases, which carry over). A report's releases and a write-off's units were counted by
+    their lease already: they add nothing."""
+    if entry.action in ("reserve", "charge", "lease"):
         return list(entry.cost)
-    if entry.action in ("release", "renew"):
+    if entry.action in ("release", "renew", "settle"):
         return [-unit for unit in entry.cost]
     return [0] * len(entry.cost)
 
@@ -64,6 +73,17 @@ def add_units(left: Sequence[int], right: Sequence[int]) -> list[int]:
     padded_left = list(left) + [0] * (width - len(left))
     padded_right = list(right) + [0] * (width - len(right))
     return [a + b for a, b in zip(padded_left, padded_right, strict=True)]
+
+
+def _padded(left: Sequence[int], right: Sequence[int]) -> list[tuple[int, int]]:
+    width = max(len(left), len(right))
+    return list(
+        zip(
+            list(left) + [0] * (width - len(left)),
+            list(right) + [0] * (width - len(right)),
+            strict=True,
+        )
+    )
 
 
 def _same(left: Sequence[int], right: Sequence[int]) -> bool:
@@ -135,6 +155,12 @@ def verify(ledger: wire.Ledger) -> list[Problem]:
                 "ledger", f"sequence is {ledger.sequence}, entries end at {expected_sequence - 1}"
             )
         )
+    for lease in ledger.leases:
+        where = f"lease {lease.lease_id}"
+        if any(used > granted for used, granted in _padded(lease.used, lease.granted)):
+            problems.append(Problem(where, "used more than it was granted"))
+        if lease.sequence > ledger.sequence:
+            problems.append(Problem(where, "granted by an entry the ledger does not have"))
     if ledger.head_hash != expected_previous:
         problems.append(Problem("ledger", "headHash is not the hash of the newest entry"))
     if not _same(spent, ledger.spent):

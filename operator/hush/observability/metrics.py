@@ -24,6 +24,11 @@ CHARGE_LATENCY = prometheus_client.Histogram(
     ["action"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+LEASES_WRITTEN_OFF = prometheus_client.Counter(
+    "hush_ledger_leases_written_off",
+    "Leases that expired unsettled: their unused units stay spent (docs/design/0021).",
+    ["namespace", "budget", "team"],
+)
 STATUS_WRITES = prometheus_client.Counter(
     "hush_ledger_status_writes",
     "Compare-and-swap writes of PrivacyBudget status, by result.",
