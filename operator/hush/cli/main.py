@@ -17,6 +17,7 @@ from hush.cli import ledger as ledger_commands
 from hush.cli import manifests as manifests_commands
 from hush.cli import operator as operator_commands
 from hush.cli import policy as policy_commands
+from hush.cli import report as report_commands
 from hush.cli import sidecar as sidecar_commands
 from hush.cli import status as status_commands
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     images_commands.register(commands)
     policy_commands.register(commands)
     status_commands.register(commands)
+    report_commands.register(commands)
     return parser
 
 
