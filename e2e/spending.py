@@ -2,7 +2,8 @@
 and the body of a charge.
 
 A charge names the policy, the route and the policy hash baked into the pod, nothing else:
-the accountant prices the route from the policy (docs/design/0018, "Wire").
+the accountant prices the route from the policy (docs/design/0018, "Wire"). So do the lease
+bodies (``lease_body``, ``report_body``; docs/design/0021-leases.md).
 
 Shared by the accountant, takeover and sidecar e2e tests and by ``bench/bench_accountant.py``
 so that they all exercise the same objects the same way.
@@ -63,17 +64,28 @@ def count_policy_manifest(
 
 def pod_bound_token(api_client: client.ApiClient, namespace: str, policy: str) -> str:
     """A pod annotated with ``policy``, and its projected token for the accountant."""
+    return pod_bound_tokens(api_client, namespace, policy, 1)[0]
+
+
+def pod_bound_tokens(
+    api_client: client.ApiClient, namespace: str, policy: str, count: int
+) -> list[str]:
+    """``count`` pods annotated with ``policy`` (one ServiceAccount), and their tokens:
+    what ``count`` sidecars of one Deployment would authenticate with."""
     core = client.CoreV1Api(api_client)
     account = f"app-{policy}"
     core.create_namespaced_service_account(
         namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
     )
+    names = [f"app-{policy}"] + [f"app-{policy}-{index}" for index in range(1, count)]
+    return [_pod_token(core, namespace, policy, account, name) for name in names]
+
+
+def _pod_token(core: client.CoreV1Api, namespace: str, policy: str, account: str, name: str) -> str:
     pod = core.create_namespaced_pod(
         namespace,
         client.V1Pod(
-            metadata=client.V1ObjectMeta(
-                name=f"app-{policy}", annotations={"hush.dev/policy": policy}
-            ),
+            metadata=client.V1ObjectMeta(name=name, annotations={"hush.dev/policy": policy}),
             spec=client.V1PodSpec(
                 service_account_name=account,
                 containers=[client.V1Container(name="app", image="registry.invalid/app:1")],
@@ -125,3 +137,47 @@ def charge_body(
 ) -> dict[str, str]:
     """The body of ``POST /v1/charge``: which release, under which policy and route."""
     return {"requestId": request_id, "policy": policy, "route": route, "policyHash": policy_hash}
+
+
+def lease_body(
+    lease_id: str,
+    policy: str,
+    policy_hash: str,
+    *,
+    releases: int,
+    seconds: int = 30,
+    route: str = COUNT_ROUTE,
+) -> dict[str, Any]:
+    """The body of ``POST /v1/leases``: a lease sized for ``releases`` releases of ``route``."""
+    return {
+        "leaseId": lease_id,
+        "policy": policy,
+        "route": route,
+        "policyHash": policy_hash,
+        "releases": releases,
+        "seconds": seconds,
+    }
+
+
+def report_body(
+    policy: str,
+    policy_hash: str,
+    batch: int,
+    request_ids: list[str],
+    *,
+    renew: int | None = None,
+    time: str = "2026-12-08T00:00:00Z",
+    route: str = COUNT_ROUTE,
+) -> dict[str, Any]:
+    """The body of ``POST /v1/leases/{id}/report`` (or ``/settle`` without ``renew``)."""
+    body: dict[str, Any] = {
+        "policy": policy,
+        "policyHash": policy_hash,
+        "batch": batch,
+        "releases": [
+            {"route": route, "requestId": request_id, "time": time} for request_id in request_ids
+        ],
+    }
+    if renew is not None:
+        body["renew"] = renew
+    return body

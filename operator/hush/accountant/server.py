@@ -135,7 +135,9 @@ class Accountant:
         self._prices = pricing.Prices()
 
     def application(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024)
+        # A lease report carries a batch of releases (~70 bytes each): a second or two of a
+        # busy pod's traffic fits in 1 MiB; a charge is a few hundred bytes.
+        app = web.Application(client_max_size=1024 * 1024)
         app.add_routes(
             [
                 web.post("/v1/charge", self._charge),
