@@ -116,6 +116,8 @@ class Series:
     """Cumulative epsilon of one consumer (or the dataset) after each of its entries."""
 
     label: str
+    team: str  # "" for the dataset's line
+    policy: str
     points: tuple[tuple[datetime.datetime, float], ...]
 
 
@@ -568,12 +570,19 @@ def _spend(
         for key in sorted(units)
     )
     series = [
-        Series(label=f"team {key[2]} / {key[1] or '(window)'}", points=tuple(points[key]))
+        Series(
+            label=f"team {key[2]} / {key[1] or '(window)'}",
+            team=key[2],
+            policy=key[1],
+            points=tuple(points[key]),
+        )
         for key in sorted(points)
         if points[key]
     ]
     if dataset_points:
-        series.append(Series(label="dataset total", points=tuple(dataset_points)))
+        series.append(
+            Series(label="dataset total", team="", policy="", points=tuple(dataset_points))
+        )
     return consumers, tuple(series)
 
 

@@ -26,6 +26,7 @@ h1 { font-size: 22px; margin: 0 0 .2em 0; }
 h2 { font-size: 16px; border-bottom: 1px solid #bbb; margin-top: 1.6em; padding-bottom: .2em; }
 table { border-collapse: collapse; margin: .5em 0; width: 100%; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
+.wrap { overflow-wrap: anywhere; word-break: break-all; }
 th { background: #f0f0f0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 code, .hash { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 11px;
@@ -45,6 +46,11 @@ dl.facts dd { margin: 0; }
 
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
+
+
+def _w(value: object) -> str:
+    """A long value without spaces (a time, a scale) that may break anywhere to fit."""
+    return f'<span class="wrap">{_e(value)}</span>'
 
 
 def _units(cost: Sequence[int]) -> str:
@@ -140,6 +146,13 @@ def _histories(report: model.Report) -> str:
     if not report.policies:
         return '<p class="muted">No policy charges this budget.</p>'
     parts: list[str] = []
+    folded = report.verification.checkpoint
+    if folded is not None:
+        parts.append(
+            f'<p class="muted">Entries {folded[0]}-{folded[1]} are folded into the checkpoint, '
+            "which keeps each consumer's totals but not the releases: the periods below are "
+            "those of the retained entries.</p>"
+        )
     for policy in report.policies:
         state = (
             f'current hash <code class="hash">{_e(policy.current_hash or "-")}</code>'
@@ -154,12 +167,12 @@ def _histories(report: model.Report) -> str:
                 else "an earlier spec",
                 _e(", ".join(period.routes) or "-"),
                 _e(period.mechanism),
-                _e(period.noise_scale),
-                _e(period.sensitivity),
+                _w(period.noise_scale),
+                _w(period.sensitivity),
                 _e(period.epsilon),
                 _e(period.delta),
-                f"{period.first_sequence} ({_e(period.first_time)})",
-                f"{period.last_sequence} ({_e(period.last_time)})",
+                f"{period.first_sequence} ({_w(period.first_time)})",
+                f"{period.last_sequence} ({_w(period.last_time)})",
                 str(period.entries),
             ]
             for period in policy.periods
@@ -207,7 +220,7 @@ def render(report: model.Report) -> str:
         (
             [
                 str(row.sequence),
-                _e(row.time),
+                _w(row.time),
                 _e(row.action),
                 _e(row.team),
                 _e(row.policy),
@@ -289,7 +302,7 @@ def render(report: model.Report) -> str:
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
-<title>{_e(title)}</title>
+<title>{"LEDGER FAILED VERIFICATION: " if not verification.verified else ""}{_e(title)}</title>
 <style>{_STYLE}</style>
 </head>
 <body>

@@ -37,22 +37,24 @@ def spend_svg(series: Sequence[model.Series], *, title: str = "") -> str:
         figure = Figure(figsize=(9.0, 4.2), layout="constrained")
         FigureCanvasSVG(figure)
         axes = figure.add_subplot()
-        for item in drawn:
+        # The dataset's line first, under the others: with one consumer they coincide.
+        for item in sorted(drawn, key=lambda item: bool(item.team)):
             # UTC as naive datetime64: what matplotlib's date axis plots (and mypy accepts).
             times = numpy.array(
                 [moment.astimezone(datetime.UTC).replace(tzinfo=None) for moment, _ in item.points],
                 dtype="datetime64[us]",
             )
             values = [value for _, value in item.points]
-            dataset = item.label == "dataset total"
+            dataset = not item.team
             axes.step(
                 times,
                 values,
                 where="post",
                 marker="o",
                 markersize=3,
-                linewidth=2.2 if dataset else 1.4,
-                color="black" if dataset else None,
+                linewidth=3.0 if dataset else 1.6,
+                color="#9a9a9a" if dataset else None,
+                zorder=1 if dataset else 2,
                 linestyle="--" if dataset else "-",
                 label=item.label,
             )
