@@ -31,6 +31,10 @@ $(VENV)/.installed: pyproject.toml
 .PHONY: venv
 venv: $(VENV)/.installed ## Create .venv with Hush and its dev tools (idempotent)
 
+.PHONY: report-tools
+report-tools: ## Debian packages of hush report's tests: Pango, poppler-utils, chromium (as root)
+	hack/report-tools.sh
+
 .PHONY: controlplane
 controlplane: ## Build etcd, kube-*, kubectl, kwok and helm from the pinned Go modules (cached)
 	hack/controlplane/build.sh
@@ -54,11 +58,11 @@ format: venv ## Apply ruff fixes and formatting
 ##@ Testing
 
 .PHONY: unit
-unit: venv controlplane ## Unit tests (no cluster; the chart tests run the built helm)
+unit: venv controlplane report-tools ## Unit tests (no cluster; the chart tests run the built helm)
 	$(BIN)/pytest tests $(PYTEST_FLAGS)
 
 .PHONY: e2e
-e2e: venv controlplane ## e2e tests on a fresh local control plane (torn down afterwards)
+e2e: venv controlplane report-tools ## e2e tests on a fresh local control plane (torn down afterwards)
 	@status=0; \
 	HUSH_DEV_CLUSTER=$(TEST_CLUSTER) $(BIN)/pytest e2e $(PYTEST_FLAGS) || status=$$?; \
 	$(HUSH) dev down --name $(TEST_CLUSTER) || true; \
