@@ -106,6 +106,7 @@ def test_coredns_runs_unprivileged_from_the_imported_image_on_the_real_node() ->
     (container,) = spec["containers"]
     assert container["image"] == "hush.local/coredns:1-abc"
     assert container["imagePullPolicy"] == "Never"
+    assert container["command"] == ["/coredns", "-conf", "/etc/coredns/Corefile"]
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert {p["containerPort"] for p in container["ports"]} == {cluster_dns.DNS_PORT}

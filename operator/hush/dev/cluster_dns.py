@@ -231,7 +231,8 @@ def manifests(image: str) -> list[dict[str, Any]]:
                                 "name": NAME,
                                 "image": image,
                                 "imagePullPolicy": "Never",
-                                "args": ["-conf", "/etc/coredns/Corefile"],
+                                # The image's Cmd is only the binary; args would replace it.
+                                "command": ["/coredns", "-conf", "/etc/coredns/Corefile"],
                                 "ports": [
                                     {"name": "dns", "containerPort": DNS_PORT, "protocol": "UDP"},
                                     {
@@ -331,9 +332,12 @@ def deploy(
             )
             return image
         time.sleep(1.0)
-    pods = kubectl.run(
-        ["get", "pods", f"--namespace={NAMESPACE}", f"--selector=k8s-app={APP_LABEL['k8s-app']}"]
-    )
+    selector = f"--selector=k8s-app={APP_LABEL['k8s-app']}"
+    pods = kubectl.run(["get", "pods", f"--namespace={NAMESPACE}", selector])
+    try:  # why it is not ready: its own log (of the last crash if it restarts)
+        log = kubectl.run(["logs", f"--namespace={NAMESPACE}", selector, "--tail=20"])
+    except errors.DevClusterError as error:
+        log = str(error)
     raise errors.DevClusterError(
-        f"CoreDNS had no ready endpoint after {timeout_seconds:.0f}s:\n{pods}"
+        f"CoreDNS had no ready endpoint after {timeout_seconds:.0f}s:\n{pods}\n{log}"
     )
