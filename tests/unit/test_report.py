@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import copy
 import datetime
-import html.parser
 import json
 import re
 import shutil
-import subprocess
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from hush.ledger import book, chain, limits
 from hush.privacy import route_cost
 from hush.reconcile import privacybudget as reconcile_budget
 from hush.report import model, page, pdf
+from tests import report_pages
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime.datetime(2026, 12, 8, 12, 0, tzinfo=datetime.UTC)
@@ -195,6 +194,10 @@ def test_entries_and_totals_match_ledger_export(
     # The plot's dataset line ends at what was spent.
     [dataset] = [series for series in report.series if series.label == "dataset total"]
     assert dataset.points[-1][1] == pytest.approx(1.1)
+    # Every line starts at the first retained entry: growth from nothing, 0.4 at its end.
+    [growth] = [series for series in report.series if series.policy == "growth-stats"]
+    assert growth.points[0] == (NOW - datetime.timedelta(minutes=50), 0.0)
+    assert growth.points[-1][1] == pytest.approx(0.4)
     text = page.render(report)
     assert '<div class="banner ok" id="verification">' in text
     assert "LEDGER FAILED VERIFICATION" not in text
@@ -339,53 +342,9 @@ def test_unknown_entry_kinds_are_listed_by_their_action(
 
 # -- the page ----------------------------------------------------------------------------------
 
-# Attributes that make a browser (or WeasyPrint) load something.
-_LOADING = {"src", "href", "xlink:href", "srcset", "poster", "data", "action", "formaction"}
-
-
-class _References(html.parser.HTMLParser):
-    """Every URL the page would load, and every CSS url() or @import in it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: list[str] = []
-        self._style = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self._style = tag == "style"
-        for name, value in attrs:
-            if name in _LOADING and value and not value.startswith(("#", "data:")):
-                self.found.append(f"{tag} {name}={value}")
-            if name == "style" and value:
-                self._css(value)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.handle_starttag(tag, attrs)
-
-    def handle_endtag(self, tag: str) -> None:
-        self._style = False
-
-    def handle_data(self, data: str) -> None:
-        if self._style:
-            self._css(data)
-
-    def _css(self, text: str) -> None:
-        for url in re.findall(r"url\(\s*['\"]?([^'\")]*)", text):
-            if not url.startswith(("#", "data:")):
-                self.found.append(f"css url({url})")
-        if "@import" in text:
-            self.found.append("css @import")
-
-
-def external_references(text: str) -> list[str]:
-    parser = _References()
-    parser.feed(text)
-    parser.close()
-    return parser.found
-
 
 def test_the_checker_finds_external_references() -> None:
-    assert external_references(
+    assert report_pages.external_references(
         '<img src="https://x.example/a.png"><link href="s.css">'
         '<svg><image xlink:href="http://y/z"/></svg><style>@import "q.css"; '
         "a{background:url(http://e/x)}</style><div style=\"background:url('f.png')\"></div>"
@@ -397,7 +356,10 @@ def test_the_checker_finds_external_references() -> None:
         "css @import",
         "css url(f.png)",
     ]
-    assert external_references('<link rel="icon" href="data:,"><a href="#top">x</a>') == []
+    assert (
+        report_pages.external_references('<link rel="icon" href="data:,"><a href="#top">x</a>')
+        == []
+    )
 
 
 def test_the_page_is_self_contained_and_carries_its_data(
@@ -405,7 +367,7 @@ def test_the_page_is_self_contained_and_carries_its_data(
 ) -> None:
     report = model.build(charged.budget(), policies, [], NOW)
     text = page.render(report)
-    assert external_references(text) == []
+    assert report_pages.external_references(text) == []
     assert "<svg" in text  # the plot, inline
     assert "<?xml" not in text
     assert "<!DOCTYPE svg" not in text
@@ -446,51 +408,9 @@ def test_the_pdf_renders_to_a_png(rendered: tuple[Path, Path]) -> None:
         pytest.skip("pdftoppm not installed (Debian poppler-utils; make report-tools)")
     _, document = rendered
     assert document.read_bytes().startswith(b"%PDF-")
-    prefix = document.with_suffix("")
-    subprocess.run(
-        [pdftoppm, "-png", "-r", "60", "-f", "1", "-l", "1", str(document), str(prefix)],
-        check=True,
-        timeout=120,
-    )
-    [png] = list(document.parent.glob("report*.png"))
+    png = report_pages.first_page_png(document)
     assert png.read_bytes().startswith(b"\x89PNG")
     assert png.stat().st_size > 20_000  # a page of text, tables and a plot, not a blank page
-
-
-def chromium_console(page_file: Path, screenshot: Path) -> list[str]:
-    """Open ``page_file`` in headless Chromium, save a screenshot, return its console lines.
-
-    Chromium is kept off the network: every host name resolves to nothing and every proxied
-    request goes to a closed loopback port; background services are off.
-    """
-    browser = shutil.which("chromium")
-    assert browser is not None
-    result = subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-default-apps",
-            "--host-resolver-rules=MAP * ~NOTFOUND",
-            "--proxy-server=127.0.0.1:9",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--window-size=1280,2400",
-            f"--screenshot={screenshot}",
-            page_file.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert screenshot.exists(), result.stderr[-2000:]
-    return [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
 
 
 def test_the_page_opens_in_headless_chromium_without_console_errors(
@@ -501,10 +421,10 @@ def test_the_page_opens_in_headless_chromium_without_console_errors(
     # The check sees errors: a page that throws is caught.
     broken = tmp_path / "broken.html"
     broken.write_text("<html><body><script>undefinedFunction();</script></body></html>")
-    assert chromium_console(broken, tmp_path / "broken.png")
+    assert report_pages.chromium_console(broken, tmp_path / "broken.png")
     page_file, _ = rendered
     screenshot = page_file.with_name("report-screenshot.png")
-    assert chromium_console(page_file, screenshot) == []
+    assert report_pages.chromium_console(page_file, screenshot) == []
     assert screenshot.stat().st_size > 50_000  # text, tables and the plot were drawn
 
 

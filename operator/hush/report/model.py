@@ -553,9 +553,9 @@ def _spend(
         if moment is None:
             continue
         for key in touched:
-            points.setdefault(key, []).append(
-                (moment, float(converter.epsilon(units[key], key[2])))
-            )
+            if key not in points:  # a consumer new since the checkpoint starts from nothing
+                points[key] = [(timed[0][0], 0.0)]
+            points[key].append((moment, float(converter.epsilon(units[key], key[2]))))
         dataset_points.append((moment, float(converter.epsilon(total, None))))
 
     consumers = tuple(
