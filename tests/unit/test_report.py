@@ -71,8 +71,8 @@ class Charger:
     """A real ledger (``hush.ledger.book``) charged with the releases the policies' routes
     cost, as the accountant charges them, and the budget object the operator would publish."""
 
-    def __init__(self) -> None:
-        self.spec = copy.deepcopy(SPEC)
+    def __init__(self, accounting: str = "pure") -> None:
+        self.spec = {**copy.deepcopy(SPEC), "accounting": accounting}
         self.ledger = wire.Ledger()
         self.budget_limits = limits.limits_for(
             privacybudget.PrivacyBudgetSpec.model_validate(self.spec)
@@ -201,6 +201,27 @@ def test_entries_and_totals_match_ledger_export(
     text = page.render(report)
     assert '<div class="banner ok" id="verification">' in text
     assert "LEDGER FAILED VERIFICATION" not in text
+
+
+@pytest.mark.parametrize("accounting", ["pure", "zcdp", "rdp"])
+def test_each_policys_epsilon_is_its_teams_as_the_status_counts_it(
+    accounting: str, policies: list[Any]
+) -> None:
+    # One policy per team: what the report converts per consumer is what the operator's
+    # status shows per team, in every accounting mode (zcdp and rdp do not add epsilons).
+    charger = Charger(accounting)
+    charger.charge(policies[0], 0, 50, times=3)
+    charger.charge(policies[0], 1, 40, times=2)
+    charger.charge(policies[1], 0, 30, times=4)
+    budget = charger.budget()
+    report = model.build(budget, policies, [], NOW)
+    assert report.verification.verified
+    assert report.accounting == accounting
+    shown = {team["team"]: team["epsilon"]["spent"] for team in budget["status"]["teams"]}
+    by_team = {row.team: row.epsilon for row in report.consumers}
+    assert by_team == shown
+    [dataset] = [series for series in report.series if not series.team]
+    assert dataset.points[-1][1] == pytest.approx(float(budget["status"]["epsilon"]["spent"]))
 
 
 def test_a_compacted_ledger_starts_from_its_checkpoint(
