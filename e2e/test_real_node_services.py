@@ -356,6 +356,8 @@ def test_a_network_policy_blocks_pod_to_pod_http_and_an_allow_rule_restores_one_
         timeout=POLICY_TIMEOUT_SECONDS,
     )
     assert not _reaches(real_cluster, "stranger", server_ip)
+    # The allowed sources live in an ipset of kube-router's (down must destroy it).
+    assert any(item.startswith("ipset KUBE-SRC-") for item in network_policy.remaining())
     # The server's readiness probe (from the node) still passes: policies do not cut the
     # kubelet off.
     assert _ready_pod(real_cluster, "server")["status"]["podIP"] == server_ip
