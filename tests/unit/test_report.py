@@ -510,3 +510,21 @@ def test_the_command_without_the_budget_or_the_cluster(
     monkeypatch.setattr(client, "read_custom", refused)
     assert cli_main.main(["report", "census", "-o", str(output)]) == 1
     assert "check KUBECONFIG" in capsys.readouterr().err
+
+
+def test_the_command_without_the_report_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path, charged: Charger
+) -> None:
+    # The operator's image has the CLI but not matplotlib: every other command still starts
+    # (nothing imports hush.report until `hush report` runs), and this one says what to install.
+    import sys
+
+    import hush.report
+
+    # As if matplotlib were missing: importing the page module raises ImportError.
+    monkeypatch.setitem(sys.modules, "hush.report.page", None)
+    monkeypatch.delattr(hush.report, "page")
+    _stub_cluster(monkeypatch, charged.budget(), [])
+    assert cli_main.main(["report", "census", "-o", str(tmp_path / "r.html")]) == 1
+    assert "pip install 'hush[report]'" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()

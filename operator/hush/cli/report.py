@@ -20,7 +20,6 @@ from typing import Any
 
 from hush.api import common
 from hush.cli import policy as policy_commands
-from hush.report import model, page
 
 EXIT_TAMPERED = 3
 
@@ -89,6 +88,16 @@ def _read(
 
 
 def run(arguments: argparse.Namespace) -> int:
+    # Imported here: matplotlib and WeasyPrint come with the ``report`` extra, which the
+    # operator's image (whose entry point is this same CLI) does not install.
+    try:
+        from hush.report import model, page
+    except ImportError as error:
+        print(
+            f"hush report needs the report extra ({error}): pip install 'hush[report]'",
+            file=sys.stderr,
+        )
+        return 1
     try:
         budget, policies, events = _read(arguments.namespace, arguments.budget)
     except policy_commands.cluster_errors() as error:
