@@ -453,3 +453,8 @@ def test_the_base_key_follows_the_host_sources_and_the_package_list(
     assert second != first
     monkeypatch.setattr(image_build, "BASE_PACKAGES", (*image_build.BASE_PACKAGES, "curl"))
     assert image_build.base_key() != second
+
+
+def test_building_for_a_cluster_without_a_registry_says_how_to_get_one(tmp_path: Path) -> None:
+    with pytest.raises(errors.DevClusterError, match=r"up --real-node --name h7"):
+        image_build.ensure_for_cluster("h7", {"HUSH_STATE_DIR": str(tmp_path)})

@@ -679,7 +679,8 @@ def ensure_for_cluster(name: str, environ: Mapping[str, str]) -> Images:
     address = registry.address(registry.RegistryFiles(cluster=cluster))
     if address is None:
         raise errors.DevClusterError(
-            f"Cluster {name} has no registry: run `hush dev up --real-node --name {name}`"
+            f"Cluster {name} has no registry: run `hush dev up --real-node --name {name}` (a "
+            f"cluster made before registries existed needs `hush dev down --name {name}` first)"
         )
     return ensure_images(binaries.cache_root(environ), address)
 
