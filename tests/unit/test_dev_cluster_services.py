@@ -4,6 +4,7 @@ NetworkPolicy firewall (hush.dev.network_policy), without starting anything."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import tarfile
 from pathlib import Path
@@ -17,6 +18,7 @@ from hush.dev import (
     layout,
     network_guard,
     network_policy,
+    processes,
     real_node,
 )
 
@@ -293,3 +295,27 @@ def test_only_kube_routers_ipsets_are_destroyed() -> None:
 def test_the_host_setup_installs_what_the_firewall_runs() -> None:
     assert host_setup.PACKAGES["ipset"] == (Path("/usr/sbin/ipset"),)
     assert Path("/usr/sbin/iptables-restore") in host_setup.PACKAGES["iptables"]
+
+
+def test_a_reused_cluster_needs_a_live_enforcing_firewall(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = layout.ClusterLayout(name="t", state_dir=tmp_path, tmpfs_dir=None)
+    problem = network_policy.problem(state)
+    assert problem is not None
+    assert problem.startswith("kube-router is not running")
+    # A live process (this one) whose chains are missing is no better.
+    record = processes.PidRecord(pid=os.getpid(), start_ticks=_own_start_ticks())
+    state.pid_file(network_policy.COMPONENT).parent.mkdir(parents=True)
+    state.pid_file(network_policy.COMPONENT).write_text(record.to_json())
+    monkeypatch.setattr(network_policy, "enforcing", lambda: False)
+    assert network_policy.problem(state) == (
+        "kube-router runs but its chains are missing from the filter table"
+    )
+    monkeypatch.setattr(network_policy, "enforcing", lambda: True)
+    assert network_policy.problem(state) is None
+
+
+def _own_start_ticks() -> int:
+    fields = Path(f"/proc/{os.getpid()}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[19])

@@ -756,6 +756,9 @@ def _reason_to_recreate(
             network_guard.verify()
         except errors.DevClusterError as error:
             return f"its network guard is broken: {error}"
+        stopped = network_policy.problem(cluster)
+        if stopped is not None:
+            return stopped
     expected = components.build_components(
         ports=record.ports, layout=cluster, bins=bins, node_bin_dir=node_bin_dir
     )

@@ -268,6 +268,18 @@ def cleanup() -> list[str]:
 # -- starting ---------------------------------------------------------------------------------
 
 
+def problem(cluster: layout_module.ClusterLayout) -> str | None:
+    """Why the firewall of a running real-node cluster is not enforcing (None when it is):
+    ``up`` then recreates the cluster rather than reuse one without NetworkPolicies."""
+    record = processes.read_pid_file(cluster.pid_file(COMPONENT))
+    if record is None or not processes.is_alive(record):
+        tail = processes.log_tail(cluster.log_file(COMPONENT), lines=10)
+        return f"{COMPONENT} is not running (its log ends:\n{tail})"
+    if not enforcing():
+        return f"{COMPONENT} runs but its chains are missing from the filter table"
+    return None
+
+
 def enforcing() -> bool:
     """kube-router's top chains exist and FORWARD jumps to its forward chain."""
     saved = _saved_filter()
