@@ -166,10 +166,12 @@ def report_body(
     request_ids: list[str],
     *,
     renew: int | None = None,
+    deferrable: bool = False,
     time: str = "2026-12-08T00:00:00Z",
     route: str = COUNT_ROUTE,
 ) -> dict[str, Any]:
-    """The body of ``POST /v1/leases/{id}/report`` (or ``/settle`` without ``renew``)."""
+    """The body of ``POST /v1/leases/{id}/report`` (or ``/settle`` without ``renew``);
+    ``deferrable`` when the sidecar still holds units and is not waiting on the answer."""
     body: dict[str, Any] = {
         "policy": policy,
         "policyHash": policy_hash,
@@ -180,4 +182,6 @@ def report_body(
     }
     if renew is not None:
         body["renew"] = renew
+    if deferrable:
+        body["deferrable"] = True
     return body

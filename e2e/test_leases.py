@@ -188,12 +188,14 @@ def test_fifty_sidecars_drain_a_quota_exactly(
     async def drain() -> tuple[list[SidecarResult], float, dict[str, float]]:
         async with _session(accountant) as session:
             cpu = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+            cpu["clients"] = time.process_time()
             started = time.perf_counter()
             results = await asyncio.gather(
                 *(_greedy_sidecar(session, accountant["url"], pods, n) for n in range(CLIENTS))
             )
             elapsed = time.perf_counter() - started
             used = {name: _cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
+            used["clients"] = time.process_time() - cpu["clients"]
             return list(results), elapsed, used
 
     results, elapsed, cpu = asyncio.run(drain())
@@ -217,6 +219,100 @@ def test_fifty_sidecars_drain_a_quota_exactly(
     team = budget["status"]["teams"][0]
     assert team["epsilon"]["remaining"] == "0"
     assert ledger.spent[0] == releases * 1_000_000  # epsilon 0.001 in 1e-9 units
+
+
+async def _paced_sidecar(
+    session: aiohttp.ClientSession, url: str, pods: Pods, index: int, *, rate: int, seconds: float
+) -> int:
+    """Release ``rate`` answers a second (as far as the lease allows) for ``seconds``,
+    reporting and renewing every half second as a sidecar would, then settle."""
+    token, lease_id, tick = pods.tokens[index], f"p{index}", 0.5
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    status, answer = await _post(
+        session,
+        f"{url}/v1/leases",
+        token,
+        spending.lease_body(lease_id, pods.policy, pods.policy_hash, releases=rate),
+    )
+    assert status == 200, answer
+    left, batch, released = answer["releasesLeft"], 0, 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    # Spread the clients over the tick, as independent pods would be.
+    await asyncio.sleep(tick * index / CLIENTS)
+    while loop.time() < deadline:
+        started = loop.time()
+        count = min(left, int(rate * tick))
+        request_ids = [f"{lease_id}-{batch}-{number}" for number in range(count)]
+        released += count
+        batch += 1
+        status, answer = await _post(
+            session,
+            f"{url}/v1/leases/{lease_id}/report",
+            token,
+            # The lease holds about two ticks of traffic: the answer is not awaited to
+            # release, so the accountant may let the report share a later write.
+            spending.report_body(
+                pods.policy,
+                pods.policy_hash,
+                batch,
+                request_ids,
+                renew=rate,
+                deferrable=left - count >= count,
+                time=now,
+            ),
+        )
+        assert status == 200, answer
+        left = answer["releasesLeft"]
+        await asyncio.sleep(max(0.0, tick - (loop.time() - started)))
+    status, answer = await _post(
+        session,
+        f"{url}/v1/leases/{lease_id}/settle",
+        token,
+        spending.report_body(pods.policy, pods.policy_hash, batch + 1, []),
+    )
+    assert (status, answer["outcome"]) == (200, "settled"), answer
+    return released
+
+
+def test_fifty_sidecars_at_a_steady_rate_cost_the_accountant_little(
+    api_client: client.ApiClient,
+    namespace: str,
+    accountant: dict[str, Any],
+    uses_dev_cluster: bool,
+) -> None:
+    """50 sidecars releasing 400 answers/s each (20,000/s in all), reporting every 0.5 s:
+    the accountant's and apiserver's CPU at the issue's target rate; the ledger is exact."""
+    rate, seconds = 400, 10.0
+    pods = _setup(api_client, namespace, releases=10_000_000, pods=CLIENTS, name="steady")
+    pids = _measured_pids(accountant, uses_dev_cluster)
+
+    async def run() -> tuple[int, float, dict[str, float]]:
+        async with _session(accountant) as session:
+            cpu = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+            cpu["clients"] = time.process_time()
+            started = time.perf_counter()
+            counts = await asyncio.gather(
+                *(
+                    _paced_sidecar(session, accountant["url"], pods, n, rate=rate, seconds=seconds)
+                    for n in range(CLIENTS)
+                )
+            )
+            elapsed = time.perf_counter() - started
+            used = {name: _cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
+            used["clients"] = time.process_time() - cpu["clients"]
+            return sum(counts), elapsed, used
+
+    released, elapsed, cpu = asyncio.run(run())
+    cores = ", ".join(f"{name} {used / elapsed:.2f}" for name, used in cpu.items())
+    print(
+        f"\nLEASES-STEADY {CLIENTS} clients at {rate}/s each: {released} releases in "
+        f"{elapsed:.2f} s = {released / elapsed:.0f} releases/s accounted; CPU (cores): {cores}"
+    )
+    ledger = spending.ledger(api_client, namespace, "steady")
+    assert ledger.leases == []
+    assert ledger.spent[0] == released * 1_000_000  # settled: exactly what was released
+    assert chain.verify(ledger) == []
 
 
 def test_a_sidecar_that_stops_reporting_is_written_off_at_expiry(

@@ -164,3 +164,39 @@ async def test_an_expired_lease_is_swept_and_written_off_without_other_traffic()
         assert (status, late["outcome"]) == (410, "expired")
     finally:
         await harness.close()
+
+
+async def test_deferrable_reports_share_a_write_and_urgent_ones_are_not_held(
+    harness: charging.Harness,
+) -> None:
+    for lease_id in ("a", "b"):
+        await harness.post("/v1/leases", _grant_body(lease_id, releases=10))
+    writes = harness.budgets.writes
+    loop = asyncio.get_running_loop()
+
+    async def report(
+        lease_id: str, delay: float, batch: int = 1, **extra: Any
+    ) -> tuple[int, float]:
+        await asyncio.sleep(delay)
+        started = loop.time()
+        status, _ = await harness.post(
+            f"/v1/leases/{lease_id}/report",
+            _report_body(batch, ["/count"], **extra),
+        )
+        return status, loop.time() - started
+
+    # Two deferrable reports 50 ms apart: one status write, the first waited for the second.
+    (first, waited), (second, _) = await asyncio.gather(
+        report("a", 0.0, deferrable=True), report("b", 0.05, deferrable=True)
+    )
+    assert (first, second) == (200, 200)
+    assert harness.budgets.writes == writes + 1
+    assert waited >= 0.2  # held for DEFER_SECONDS (0.25 s) to share the write
+    # An urgent report is written at once, taking a waiting deferrable one with it.
+    writes = harness.budgets.writes
+    (deferred, _), (urgent, urgent_wait) = await asyncio.gather(
+        report("a", 0.0, batch=2, deferrable=True), report("b", 0.02, batch=2)
+    )
+    assert (deferred, urgent) == (200, 200)
+    assert harness.budgets.writes == writes + 1
+    assert urgent_wait < 0.2

@@ -11,7 +11,8 @@ Routes (JSON bodies, see ``protocol``):
   seconds}``; the lease is durable (recorded as spent in full) before the answer.
 - ``POST /v1/leases/{id}/report``  record releases made under the lease, ``{policy,
   policyHash, batch, releases: [{route, requestId, time}], renew, seconds}``; with
-  ``renew`` the lease is topped up and extended.
+  ``renew`` the lease is topped up and extended. ``deferrable: true`` (the sidecar still
+  holds units) lets the writer hold the report up to 250 ms to share a status write.
 - ``POST /v1/leases/{id}/settle``  the same body without ``renew``: record the last
   releases, close the lease and return its unspent units. Leases are docs/design/0021; their
   models and outcome codes are ``hush.api.spending``. Same authentication, authorisation and
@@ -340,12 +341,17 @@ class Accountant:
             grant, policy = await self._grant(request, body.policy, body.policy_hash)
             authorization.check_policy_hash(policy, body.policy_hash)
             prices = self._route_prices(grant.namespace, body.policy, policy)
+            # Each distinct route is checked and priced once per report, not per release.
+            used = {
+                route: _reported_price(body.policy, policy, prices, route)
+                for route in {item.route for item in body.releases}
+            }
             reported = tuple(
                 book.ReportedRelease(
                     request_id=item.request_id,
                     route=item.route,
                     time=item.time,
-                    release=_reported_price(body.policy, policy, prices, item.route).release,
+                    release=used[item.route].release,
                 )
                 for item in body.releases
             )
@@ -360,13 +366,17 @@ class Accountant:
             prices={route: price.release for route, price in prices.items()},
             seconds=body.seconds,
         )
-        used = {item.route: prices[item.route] for item in body.releases}
 
         def operation(working: book.Book, now: Any) -> book.Outcome:
             refusal = _unaccountable(working, body.policy, used)
             return refusal or working.report_lease(report, now, settle=settle)
 
-        return await self._lease_submit(grant, "settle" if settle else "report", operation)
+        return await self._lease_submit(
+            grant,
+            "settle" if settle else "report",
+            operation,
+            deferrable=body.deferrable and not settle,
+        )
 
     def _route_prices(
         self, namespace: str, policy_name: str, policy: Mapping[str, Any]
@@ -387,11 +397,14 @@ class Accountant:
         grant: authorization.Grant,
         action: str,
         operation: Callable[[book.Book, Any], book.Outcome],
+        *,
+        deferrable: bool = False,
     ) -> web.Response:
         labels = (grant.namespace, grant.budget, grant.team, action)
         started = time.perf_counter()
         try:
-            outcome = await self._writers.writer(grant.namespace, grant.budget).submit(operation)
+            budget = self._writers.writer(grant.namespace, grant.budget)
+            outcome = await budget.submit(operation, deferrable=deferrable)
         except writer.BudgetUnavailableError as error:
             metrics.CHARGES.labels(*labels, "unavailable").inc()
             return _lease_refusal(error.status, "unavailable", str(error))

@@ -78,6 +78,10 @@ MAX_CONFLICT_RETRIES = 20
 # starts every write at once.
 GATHER_SECONDS = float(os.environ.get("HUSH_LEDGER_GATHER_MS", "5")) / 1000
 GATHER_MAX_SECONDS = float(os.environ.get("HUSH_LEDGER_GATHER_MAX_MS", "40")) / 1000
+# How long a deferrable lease report may wait to share a write (docs/design/0021): a report
+# whose sidecar still holds units is not urgent, and every status write costs the apiserver
+# tens of milliseconds of CPU whatever it carries. HUSH_LEASE_DEFER_MS=0 writes them at once.
+DEFER_SECONDS = float(os.environ.get("HUSH_LEASE_DEFER_MS", "250")) / 1000
 
 # A lease's expiry is checked at the sweep this long after it (clocks and timers are coarse).
 SWEEP_MARGIN_SECONDS = 0.25
@@ -136,6 +140,8 @@ class BudgetUnavailableError(Exception):
 class _Pending:
     operation: Operation | None  # None: only refresh the status
     future: asyncio.Future[book.Outcome | None]
+    # Loop time before which this operation need not be written (deferrable lease reports).
+    not_before: float = 0.0
 
 
 def parse_ledger(status: Mapping[str, Any]) -> wire.Ledger:
@@ -207,12 +213,17 @@ class BudgetWriter:
                 pending.future.set_exception(BudgetUnavailableError("The operator is stopping"))
         self._queue.clear()
 
-    async def submit(self, operation: Operation) -> book.Outcome:
-        """Apply ``operation`` in the next group commit; return once it is durable."""
+    async def submit(self, operation: Operation, *, deferrable: bool = False) -> book.Outcome:
+        """Apply ``operation`` in a group commit; return once it is durable.
+
+        A ``deferrable`` operation (a lease report whose sidecar still holds units) may
+        wait up to ``DEFER_SECONDS`` for others to share its write, unless something that
+        cannot wait is written first.
+        """
         refusal = self._spending_refusal()
         if refusal is not None:
             raise BudgetUnavailableError(refusal)
-        outcome = await self._enqueue(operation)
+        outcome = await self._enqueue(operation, defer=DEFER_SECONDS if deferrable else 0.0)
         if outcome is None:  # pragma: no cover - only refreshes resolve to None
             raise BudgetUnavailableError("No outcome")
         return outcome
@@ -246,11 +257,13 @@ class BudgetWriter:
                 pending.future.set_exception(BudgetUnavailableError(refusal))
         return [pending for pending in batch if pending.operation is None]
 
-    async def _enqueue(self, operation: Operation | None) -> book.Outcome | None:
+    async def _enqueue(
+        self, operation: Operation | None, *, defer: float = 0.0
+    ) -> book.Outcome | None:
         self.start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[book.Outcome | None] = loop.create_future()
-        self._queue.append(_Pending(operation, future))
+        self._queue.append(_Pending(operation, future, loop.time() + defer))
         self._last_arrival = loop.time()
         self._wakeup.set()
         gathered = self._gathered
@@ -260,6 +273,18 @@ class BudgetWriter:
 
     def _target(self) -> int:
         return min(self._active, MAX_BATCH)
+
+    async def _defer(self) -> None:
+        """While every queued operation may still wait, wait: until the first must be
+        written, or an operation that cannot wait arrives (each arrival sets the wakeup)."""
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            first = min(pending.not_before for pending in self._queue)
+            if first <= loop.time():
+                return
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), first - loop.time())
 
     async def _gather(self) -> None:
         """Wait until the active callers have queued again, while they keep arriving."""
@@ -298,6 +323,7 @@ class BudgetWriter:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                await self._defer()
                 await self._gather()
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 try:

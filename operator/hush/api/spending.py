@@ -87,7 +87,8 @@ class LeaseReportRequest(_Message):
 
     ``batch`` numbers the reports of a lease from 1; a retry repeats the number and is never
     counted twice. ``renew`` (report only) asks for that many more releases of the lease's
-    route and a new expiry ``seconds`` from now.
+    route and a new expiry ``seconds`` from now. ``deferrable`` says the sidecar is not
+    waiting on the answer (it still holds units), so the accountant may batch it longer.
     """
 
     policy: str = pydantic.Field(min_length=1, max_length=253)
@@ -98,6 +99,11 @@ class LeaseReportRequest(_Message):
     )
     renew: int | None = pydantic.Field(default=None, ge=1, le=1_000_000)
     seconds: int = pydantic.Field(default=30, ge=1, le=120)
+    deferrable: bool = pydantic.Field(
+        default=False,
+        description="The sidecar still holds units: the answer may wait (up to 250 ms) so "
+        "that many reports share one status write.",
+    )
 
 
 class LeaseAnswer(_Message):

@@ -475,15 +475,19 @@ class Book:
             )
         accountant = self._accountant
         used = accountant.from_json(list(lease.used))
-        groups: dict[str, tuple[accounting.Release, accounting.Cost, list[ReportedRelease]]] = {}
+        # One entry per route (and price) of the batch; its cost is one release's times
+        # the count, exactly what adding them one by one gives in integer units.
+        grouped: dict[tuple[str, accounting.Release], list[ReportedRelease]] = {}
         for item in report.releases:
+            grouped.setdefault((item.route, item.release), []).append(item)
+        groups: list[tuple[accounting.Release, accounting.Cost, list[ReportedRelease]]] = []
+        for (_, release), items in grouped.items():
             try:
-                cost = accountant.release_cost(item.release)
+                total = _times(accountant.release_cost(release), len(items))
             except accounting.UnderNoisedError as error:
                 return Outcome(code="under-noised", ok=False, message=str(error))
-            used = accountant.add(used, cost)
-            release, total, items = groups.get(item.route, (item.release, accountant.zero(), []))
-            groups[item.route] = (release, accountant.add(total, cost), [*items, item])
+            used = accountant.add(used, total)
+            groups.append((release, total, items))
         granted = accountant.from_json(list(lease.granted))
         if any(u > g for u, g in zip(used.units, granted.units, strict=True)):
             return Outcome(
@@ -493,7 +497,7 @@ class Book:
                 "refused, nothing recorded",
             )
         sequence: int | None = None
-        for release, total, items in groups.values():
+        for release, total, items in groups:
             sequence = self._append_release(
                 now=now,
                 action="report",
