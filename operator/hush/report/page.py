@@ -20,8 +20,9 @@ from hush.report import model, plot
 
 _STYLE = """
 @page { size: A4 landscape; margin: 12mm; }
+@media print { body { padding: 0; margin: 0; max-width: none; } }
 body { font-family: "DejaVu Sans", Helvetica, Arial, sans-serif; color: #1b1b1b;
-  margin: 1.5em auto; max-width: 1200px; font-size: 13px; line-height: 1.4; }
+  margin: 1.5em auto; padding: 0 1.5em; max-width: 1200px; font-size: 13px; line-height: 1.4; }
 h1 { font-size: 22px; margin: 0 0 .2em 0; }
 h2 { font-size: 16px; border-bottom: 1px solid #bbb; margin-top: 1.6em; padding-bottom: .2em; }
 table { border-collapse: collapse; margin: .5em 0; width: 100%; }
