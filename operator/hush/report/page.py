@@ -20,7 +20,6 @@ from hush.report import model, plot
 
 _STYLE = """
 @page { size: A4 landscape; margin: 12mm; }
-@media print { body { padding: 0; margin: 0; max-width: none; } }
 body { font-family: "DejaVu Sans", Helvetica, Arial, sans-serif; color: #1b1b1b;
   margin: 1.5em auto; padding: 0 1.5em; max-width: 1200px; font-size: 13px; line-height: 1.4; }
 h1 { font-size: 22px; margin: 0 0 .2em 0; }
@@ -42,6 +41,8 @@ code, .hash { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-
 dl.facts { display: grid; grid-template-columns: max-content auto; gap: 2px 14px; }
 dl.facts dt { font-weight: bold; }
 dl.facts dd { margin: 0; }
+/* After the body rule, so that it wins in print (the PDF: @page sets the margins). */
+@media print { body { padding: 0; margin: 0; max-width: none; } }
 """
 
 
