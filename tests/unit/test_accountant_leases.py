@@ -200,3 +200,33 @@ async def test_deferrable_reports_share_a_write_and_urgent_ones_are_not_held(
     assert (deferred, urgent) == (200, 200)
     assert harness.budgets.writes == writes + 1
     assert urgent_wait < 0.2
+
+
+async def test_a_refresh_after_a_restart_arms_the_sweep_for_open_leases() -> None:
+    """A new operator process has no timer; kopf's resume handler refreshes the budget,
+    which finds the open lease and writes it off at its expiry."""
+    now = [charging.NOW]
+    cluster = charging.FakeCluster(routes=[charging.COUNT_ROUTE])
+    budgets = charging.MemoryBudgets(charging._budget_spec("pure"))
+    first = writer.WriterRegistry(budgets, clock=lambda: now[0])
+    accountant = server.Accountant(cluster, first)
+    client = charging.test_utils.TestClient(
+        charging.test_utils.TestServer(accountant.application())
+    )
+    await client.start_server()
+    harness = charging.Harness(cluster, budgets, first, accountant, client)
+    status, _ = await harness.post("/v1/leases", _grant_body("l1", seconds=1))
+    assert status == 200
+    await harness.close()  # the operator goes away with the lease open
+    restarted = writer.WriterRegistry(budgets, clock=lambda: now[0])
+    try:
+        await restarted.writer(charging.NAMESPACE, charging.BUDGET).refresh()
+        assert budgets.ledger().leases_written_off == 0  # not expired yet: nothing written
+        now[0] += datetime.timedelta(seconds=2)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if budgets.ledger().leases_written_off:
+                break
+        assert (budgets.ledger().leases, budgets.ledger().leases_written_off) == ([], 1)
+    finally:
+        await restarted.stop()

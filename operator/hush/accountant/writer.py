@@ -365,6 +365,9 @@ class BudgetWriter:
                 current.get("status") or {}
             ):
                 self._cached = current
+                # Not written, but a reconciliation after a restart must still arm the
+                # sweep for the open leases it found.
+                self._arm_sweep(self._next_expiry)
                 return resolved  # a refresh that changes nothing is not written
             started = time.perf_counter()
             try:
