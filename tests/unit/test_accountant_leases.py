@@ -10,6 +10,7 @@ import datetime
 from collections.abc import AsyncIterator
 from typing import Any
 
+import prometheus_client
 import pytest
 
 from hush.accountant import server, writer
@@ -86,6 +87,15 @@ async def test_reports_price_each_route_renew_and_settle_returns_the_rest(
 ) -> None:
     await harness.post("/v1/leases", _grant_body("l1", releases=10))
     count, keyed = _units(charging.COUNT_ROUTE), _units(charging.KEYED_ROUTE)
+    labels = {"namespace": charging.NAMESPACE, "budget": charging.BUDGET, "team": "analytics"}
+
+    def charged() -> float:
+        value = prometheus_client.REGISTRY.get_sample_value(
+            "hush_accountant_epsilon_charged_total", labels
+        )
+        return value or 0.0
+
+    before = charged()
     # A keyed release costs more than a count; both are priced by their own route.
     status, answer = await harness.post(
         "/v1/leases/l1/report", _report_body(1, ["/count", "/regions"], renew=3)
@@ -94,6 +104,8 @@ async def test_reports_price_each_route_renew_and_settle_returns_the_rest(
     used = [c + k for c, k in zip(count, keyed, strict=True)]
     assert answer["used"] == used
     assert answer["added"] == [3 * unit for unit in count]
+    # The metric follows the releases made (0.1 + 0.2), not the lease.
+    assert charged() - before == pytest.approx(0.3)
     entries = harness.budgets.ledger().entries
     reports = [entry for entry in entries if entry.action == "report"]
     assert [(entry.mechanism, entry.releases, entry.cost) for entry in reports] == [

@@ -376,6 +376,7 @@ class Accountant:
             "settle" if settle else "report",
             operation,
             deferrable=body.deferrable and not settle,
+            released_epsilon=float(sum(item.release.epsilon for item in reported)),
         )
 
     def _route_prices(
@@ -399,6 +400,7 @@ class Accountant:
         operation: Callable[[book.Book, Any], book.Outcome],
         *,
         deferrable: bool = False,
+        released_epsilon: float = 0.0,
     ) -> web.Response:
         labels = (grant.namespace, grant.budget, grant.team, action)
         started = time.perf_counter()
@@ -411,6 +413,13 @@ class Accountant:
         finally:
             metrics.CHARGE_LATENCY.labels(action).observe(time.perf_counter() - started)
         metrics.CHARGES.labels(*labels, outcome.code).inc()
+        if released_epsilon and outcome.code in ("reported", "settled"):
+            # The declared epsilon of the releases made, once (a retry is "duplicate"), so
+            # that the metric follows releases as it does for charges; the lease itself
+            # is in the ledger.
+            metrics.EPSILON_CHARGED.labels(grant.namespace, grant.budget, grant.team).inc(
+                released_epsilon
+            )
         lease = outcome.lease
         remaining = outcome.team_epsilon_remaining
         answer = spending.LeaseAnswer(
