@@ -136,12 +136,22 @@ def test_the_images_are_in_our_registry_by_digest(
 def test_a_warm_rebuild_of_unchanged_images_takes_seconds(
     real_cluster: Cluster, images: dict[str, Any]
 ) -> None:
-    again, seconds = _build_images()
+    # Twice in a row; the second must build nothing. When the inputs changed in between (a
+    # shared working tree being edited), the keys say so: then the pair is tried again.
+    for _ in range(3):
+        first, _seconds = _build_images()
+        again, seconds = _build_images()
+        if all(again[name]["key"] == first[name]["key"] for name in again):
+            break
+    else:
+        pytest.fail("the build inputs changed between every two builds")
     assert {name: again[name]["digest"] for name in again} == {
-        name: images[name]["digest"] for name in images
+        name: first[name]["digest"] for name in first
     }
     assert all(again[name]["cached"] for name in again), again
     assert seconds < WARM_BUILD_BUDGET_SECONDS, f"warm rebuild took {seconds:.1f}s"
+    # The base does not depend on the working tree: the one the pods use is the same.
+    assert again["base"]["digest"] == images["base"]["digest"]
 
 
 def _pod(name: str, containers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
