@@ -3,6 +3,7 @@ NetworkPolicy firewall (hush.dev.network_policy), without starting anything."""
 
 from __future__ import annotations
 
+import datetime
 import io
 import os
 import re
@@ -10,6 +11,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
+from cryptography import x509
 
 from hush.dev import (
     cluster_dns,
@@ -18,6 +21,7 @@ from hush.dev import (
     layout,
     network_guard,
     network_policy,
+    pki,
     processes,
     real_node,
 )
@@ -319,3 +323,21 @@ def test_a_reused_cluster_needs_a_live_enforcing_firewall(
 def _own_start_ticks() -> int:
     fields = Path(f"/proc/{os.getpid()}/stat").read_text().rpartition(")")[2].split()
     return int(fields[19])
+
+
+def test_kube_router_gets_its_own_client_certificate_and_a_private_key(tmp_path: Path) -> None:
+    now = datetime.datetime(2026, 12, 8, tzinfo=datetime.UTC)
+    cluster_pki = pki.PkiFiles(tmp_path / "pki")
+    pki.write_cluster_pki(cluster_pki, cluster_name="t", now=now)
+    node = real_node.NodeLayout(layout.ClusterLayout(name="t", state_dir=tmp_path, tmpfs_dir=None))
+    path = network_policy.write_credentials(
+        node, cluster_pki=cluster_pki, apiserver_url="https://127.0.0.1:6443", now=now
+    )
+    kubeconfig = yaml.safe_load(path.read_text())
+    assert kubeconfig["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
+    assert kubeconfig["users"][0]["name"] == network_policy.USER
+    pair = network_policy.client_pair(node)
+    certificate = x509.load_pem_x509_certificate(pair.certificate.read_bytes())
+    common_name = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    assert common_name[0].value == network_policy.USER
+    assert pair.key.stat().st_mode & 0o777 == 0o600

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -148,8 +149,10 @@ def write_credentials(
     pair = client_pair(node)
     pair.certificate.parent.mkdir(parents=True, exist_ok=True)
     pair.certificate.write_bytes(pki.certificate_pem(certificate))
-    pair.key.touch(mode=0o600)
-    pair.key.write_bytes(pki.private_key_pem(key))
+    # Created 0600 before any byte of the key is written.
+    descriptor = os.open(pair.key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(pki.private_key_pem(key))
     path = kubeconfig_path(node)
     kubeconfigs.write_kubeconfig(
         path,
