@@ -370,6 +370,7 @@ def test_bud_runs_without_network_in_runc_with_storage_under_the_cache(tmp_path:
     assert "--cgroup-manager=cgroupfs" in command
     assert command[command.index("bud") + 1 :].count("--network=none") == 1
     assert "--isolation=oci" in command
+    assert "--force-rm" in command  # no working container left mounted after a failure
     assert "--tls-verify=false" in command
     assert f"--build-arg=PYTHON_IMAGE=127.0.0.1:5001/hush-base@sha256:{'a' * 64}" in command
     assert f"--volume={tmp_path / 'wheels'}:/wheels:ro" in command

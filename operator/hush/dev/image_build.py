@@ -419,6 +419,8 @@ def bud_command(
         # Nothing in a build reaches the network (the pip steps read the wheelhouse).
         "--network=none",
         "--layers",
+        # A failed step's working container (and its overlay mount) is removed too.
+        "--force-rm",
         "--tls-verify=false",
         "--pull=missing",
         "--format=oci",
