@@ -459,3 +459,21 @@ def test_the_base_key_follows_the_host_sources_and_the_package_list(
 def test_building_for_a_cluster_without_a_registry_says_how_to_get_one(tmp_path: Path) -> None:
     with pytest.raises(errors.DevClusterError, match=r"up --real-node --name h7"):
         image_build.ensure_for_cluster("h7", {"HUSH_STATE_DIR": str(tmp_path)})
+
+
+def test_the_registry_module_is_pinned_and_stays_out_of_build_sh_cache_key() -> None:
+    controlplane = REPO_ROOT / "hack" / "controlplane"
+    # build.sh hashes "$here"/*/go.mod and go.sum: a go.mod one level down would change that
+    # key and rebuild (hence recreate) every existing control plane.
+    assert '"$here"/*/go.mod' in (controlplane / "build.sh").read_text()
+    assert not list(controlplane.glob("registry/go.*"))
+    module = controlplane / "registry" / "distribution"
+    pinned = re.search(
+        r"github\.com/distribution/distribution/v3 (v3\.\d+\.\d+)", (module / "go.mod").read_text()
+    )
+    assert pinned is not None
+    checksums = (module / "go.sum").read_text()
+    assert f"github.com/distribution/distribution/v3 {pinned.group(1)} h1:" in checksums
+    script = (controlplane / "build-registry.sh").read_text()
+    assert "nice -n 19 go build" in script
+    assert "github.com/distribution/distribution/v3/cmd/registry" in script
