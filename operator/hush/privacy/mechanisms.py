@@ -137,7 +137,7 @@ class _OpenDPSampler:
         return measurement
 
     def release(self, values: Sequence[float | int]) -> list[float | int]:
-        inputs = _integers(values) if self._integer else _reals(values)
+        inputs = integer_inputs(values) if self._integer else real_inputs(values)
         if not inputs:
             return []
         measurement = self._measurement(len(inputs))
@@ -148,7 +148,8 @@ class _OpenDPSampler:
         return _checked(noisy, len(inputs), integer=self._integer)
 
 
-def _integers(values: Sequence[float | int]) -> list[int]:
+def integer_inputs(values: Sequence[float | int]) -> list[int]:
+    """``values`` checked for an integer sampler: ints (not bools) that fit in 64 bits."""
     result: list[int] = []
     for value in values:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -162,7 +163,8 @@ def _integers(values: Sequence[float | int]) -> list[int]:
     return result
 
 
-def _reals(values: Sequence[float | int]) -> list[float]:
+def real_inputs(values: Sequence[float | int]) -> list[float]:
+    """``values`` checked for a real sampler, as floats: numbers (not bools), finite."""
     result: list[float] = []
     for value in values:
         if isinstance(value, bool) or not isinstance(value, int | float):

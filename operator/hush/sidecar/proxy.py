@@ -24,6 +24,9 @@ this order:
 - The released document is parsed, built, noised and encoded in a worker thread together
   with the release-deadline padding (``deadline``), so the event loop never samples: no
   concurrent request, ``/healthz`` on the admin port included, waits for a sampler.
+- Noise comes from pre-drawn pools (``noise_pool``, docs/design/0022-pooled-noise.md):
+  the routes' plans are made with pooled samplers, the pools are filled by a background
+  thread from ``start`` and emptied at ``close``; the release step only pops and adds.
 - The cache key (``cache.key``) covers what the application sees: method, raw path, raw
   query pairs, body, policy hash and every forwarded header; only ``Authorization``,
   ``Cookie``, the route's ``varyHeaders``, ``Accept`` and ``Content-Type`` are forwarded.
@@ -43,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import re
 import time
@@ -58,7 +62,7 @@ import structlog
 from aiohttp import web
 
 from hush.api import dppolicy
-from hush.privacy import accuracy, amounts, route_cost
+from hush.privacy import accuracy, amounts, noise_pool, route_cost
 from hush.sidecar import accountant_client, cache, config, deadline, policy_watch, release
 from hush.sidecar import metrics as sidecar_metrics
 
@@ -74,6 +78,12 @@ RoutePlanner = Callable[[dppolicy.Route], route_cost.RoutePlan]
 # about a route's releaseDeadline (5 ms by default), so 16 allow ~3,200 releases per second,
 # far above the accountant's rate.
 RELEASE_WORKERS = 16
+
+NOISE_POOL_MISSES = prometheus_client.Counter(
+    "hush_sidecar_noise_pool_misses",
+    "Noise samples drawn on the request path because their pool was empty (still the same "
+    "mechanism; a steady rate means the pool is too small for the load).",
+)
 
 # Python's int() refuses more than 4,300 digits (a ValueError that would make the whole
 # answer fail); such a number is read as a float (infinite), an invalid value that the
@@ -231,21 +241,27 @@ class Sidecar:
         settings: config.SidecarConfig,
         *,
         accountant: Accountant,
-        route_planner: RoutePlanner = route_cost.route_plan,
+        route_planner: RoutePlanner | None = None,
         clock: Callable[[], float] = time.monotonic,
         request_ids: Callable[[], str] = lambda: uuid.uuid4().hex,
         policy_check_interval: float | None = None,
         deadline_clock: Callable[[], float] = time.monotonic,
         deadline_sleep: Callable[[float], None] = time.sleep,
+        noise_pool_size: int = noise_pool.DEFAULT_SIZE,
     ) -> None:
         """``policy_check_interval``: seconds between policy-status polls (None: never).
 
-        ``route_planner`` plans each route once, here; tests inject stand-in samplers.
+        ``route_planner`` plans each route once, here; tests inject stand-in samplers. The
+        default plans with samplers pooled in ``noise_pool_size`` samples per distribution.
         ``deadline_clock`` and ``deadline_sleep`` pad the release step; tests inject fakes.
         """
         self._config = settings
         self._accountant = accountant
         self._request_ids = request_ids
+        self._noise = noise_pool.NoisePools(size=noise_pool_size, on_miss=NOISE_POOL_MISSES.inc)
+        if route_planner is None:
+            planner = self._noise.plan
+            route_planner = functools.partial(route_cost.route_plan, planner=planner)
         self._cache = cache.AnswerCache(max_entries=settings.cache_entries, clock=clock)
         self._routes = [
             self._compile(route, route_planner, deadline_clock, deadline_sleep)
@@ -308,6 +324,7 @@ class Sidecar:
             timeout=aiohttp.ClientTimeout(total=self._config.upstream_timeout_seconds),
             auto_decompress=True,
         )
+        self._noise.start()
         await self._accountant.start()
         self._started = True
         self._policy.start()
@@ -320,6 +337,7 @@ class Sidecar:
             self._session = None
         await self._accountant.close()
         self._release_pool.shutdown(wait=True)
+        self._noise.close()
 
     async def check_policy(self) -> None:
         """Poll the policy status once (the background task does this every interval)."""
