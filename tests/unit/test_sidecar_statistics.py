@@ -11,6 +11,10 @@ deterministic; its thresholds make a false failure improbable instead:
   two-sided probability of 5.7e-7.
 Together: a false failure with probability below 7e-7 < 1e-6 per run.
 
+The pooled tests (``hush.privacy.noise_pool``, docs/design/0022-pooled-noise.md) repeat the
+Gaussian KS/variance test and the empirical-epsilon tests with every sample taken from a
+pool filled beforehand, each with the same per-test thresholds.
+
 The mean test uses the same 5-standard-deviation thresholds (for the average and for the
 variance; its noisy means are Gaussian to first order), so below 1.2e-6 per run.
 """
@@ -23,7 +27,7 @@ import statistics
 import scipy.stats
 
 from hush.api import dppolicy
-from hush.privacy import route_cost
+from hush.privacy import noise_pool, route_cost
 from hush.sidecar import release
 
 RELEASES = 20_000
@@ -119,7 +123,52 @@ BINS = 100
 ANSWERS = 1_000
 
 
-def _histogram_draws(epsilon: float, true_count: int) -> list[float]:
+def _pooled_plan(
+    route: dppolicy.Route, samples: int
+) -> tuple[route_cost.RoutePlan, noise_pool.NoisePools]:
+    """The route planned with pooled samplers, their pools filled with ``samples`` each.
+
+    Filled once, up front, so that every release takes its noise from a pool; the caller
+    checks ``pools.misses == 0`` afterwards (no fallback draw).
+    """
+    pools = noise_pool.NoisePools(size=samples)
+    plan = route_cost.route_plan(route, planner=pools.plan)
+    pools.refill_once()
+    assert all(isinstance(field.plan.sampler, noise_pool.PooledSampler) for field in plan.fields)
+    return plan, pools
+
+
+def _gaussian_count_route() -> dppolicy.Route:
+    return dppolicy.Route.model_validate(
+        {
+            "path": "/count",
+            "mechanism": "gaussian",
+            "epsilon": 1.0,
+            "delta": 1e-6,
+            "fields": [{"path": "$.count", "kind": "count"}],
+        }
+    )
+
+
+def test_pooled_gaussian_releases_match_the_declared_scale() -> None:
+    """The KS and variance test above, with every sample from a pool (noise_pool)."""
+    plan, pools = _pooled_plan(_gaussian_count_route(), RELEASES)
+    [field] = plan.fields
+    scale = field.plan.sampler.scale
+    assert scale == route_cost.route_plan(_gaussian_count_route()).fields[0].plan.sampler.scale
+    samples = [
+        float(release.release_document({"count": TRUE_COUNT}, plan, min_cohort=0).document["count"])
+        for _ in range(RELEASES)
+    ]
+    assert pools.misses == 0
+    pools.close()
+    result = scipy.stats.kstest(samples, scipy.stats.norm(loc=TRUE_COUNT, scale=scale).cdf)
+    assert result.pvalue > 1e-7, result
+    variance = statistics.variance(samples, TRUE_COUNT)
+    assert abs(variance / scale**2 - 1) < 0.05, (variance, scale**2)
+
+
+def _histogram_draws(epsilon: float, true_count: int, *, pooled: bool = False) -> list[float]:
     route = dppolicy.Route.model_validate(
         {
             "path": "/bins",
@@ -129,11 +178,17 @@ def _histogram_draws(epsilon: float, true_count: int) -> list[float]:
             "domains": [{"path": "$.bins[*]", "length": BINS}],
         }
     )
-    plan = route_cost.route_plan(route)
+    pools = noise_pool.NoisePools(size=1)
+    if pooled:
+        plan, pools = _pooled_plan(route, BINS * ANSWERS)
+    else:
+        plan = route_cost.route_plan(route)
     document = {"bins": [true_count] * BINS}
     draws: list[float] = []
     for _ in range(ANSWERS):
         draws.extend(release.release_document(document, plan, min_cohort=0).document["bins"])
+    assert pools.misses == 0
+    pools.close()
     return draws
 
 
@@ -180,4 +235,25 @@ def test_the_empirical_epsilon_catches_a_mechanism_with_half_the_noise() -> None
     tens of standard errors."""
     claimed, count = 1.0, 1000
     base, neighbour = _histogram_draws(2 * claimed, count), _histogram_draws(2 * claimed, count + 1)
+    assert _empirical_epsilon(neighbour, base, _thresholds(count)) > claimed
+
+
+def test_pooled_neighbouring_answers_show_no_more_than_the_claimed_epsilon() -> None:
+    """The empirical epsilon, KS and variance tests above, with every sample from a pool."""
+    epsilon, count = 1.0, 1000
+    base = _histogram_draws(epsilon, count, pooled=True)
+    neighbour = _histogram_draws(epsilon, count + 1, pooled=True)
+    assert len(base) == len(neighbour) == BINS * ANSWERS
+    found = _empirical_epsilon(neighbour, base, _thresholds(count))
+    assert found <= epsilon, found
+    scale = 1 / epsilon
+    result = scipy.stats.kstest(base, scipy.stats.laplace(loc=count, scale=scale).cdf)
+    assert result.pvalue > 1e-7, result
+    assert abs(statistics.variance(base, count) / (2 * scale**2) - 1) < 0.05
+
+
+def test_the_empirical_epsilon_catches_pooled_noise_at_half_the_scale() -> None:
+    claimed, count = 1.0, 1000
+    base = _histogram_draws(2 * claimed, count, pooled=True)
+    neighbour = _histogram_draws(2 * claimed, count + 1, pooled=True)
     assert _empirical_epsilon(neighbour, base, _thresholds(count)) > claimed

@@ -120,7 +120,7 @@ class NoisePool:
     def __init__(self, key: PoolKey, *, size: int, wake: threading.Event) -> None:
         self.key = key
         self.size = size
-        self.low_water = size // 4
+        self.low_water = max(1, size // 4)  # an empty pool always wants a refill
         self._wake = wake
         self._lock = threading.Lock()
         self._samples: collections.deque[int] = collections.deque()
