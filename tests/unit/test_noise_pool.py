@@ -293,3 +293,18 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.005)
+
+
+def test_the_sidecar_command_takes_the_pool_size_from_the_flag_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hush.cli import sidecar as sidecar_command
+
+    monkeypatch.delenv("HUSH_NOISE_POOL_SIZE", raising=False)
+    assert sidecar_command._noise_pool_size(None) == 4096
+    assert sidecar_command._noise_pool_size(100) == 100
+    assert sidecar_command._noise_pool_size(0) is None
+    monkeypatch.setenv("HUSH_NOISE_POOL_SIZE", "512")
+    assert sidecar_command._noise_pool_size(None) == 512
+    monkeypatch.setenv("HUSH_NOISE_POOL_SIZE", "lots")
+    assert sidecar_command._noise_pool_size(None) is None

@@ -31,6 +31,14 @@ def register(commands: Any) -> None:
         help="How often to ask the accountant whether the baked policy hash is still current "
         "(a duration such as 10s); once it is not, /readyz and covered routes answer 503.",
     )
+    parser.add_argument(
+        "--noise-pool-size",
+        type=int,
+        default=None,
+        help="Noise samples drawn ahead per distribution (refilled in the background below a "
+        "quarter; an empty pool draws on the request path and counts a miss). Default: "
+        "$HUSH_NOISE_POOL_SIZE or 4096.",
+    )
     parser.add_argument("--log-format", choices=("json", "text"), default="json")
     parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(handler=run)
@@ -54,11 +62,32 @@ def run(arguments: argparse.Namespace) -> int:
     except config.ConfigError as error:
         print(str(error), file=sys.stderr)
         return 2
-    asyncio.run(_serve(settings, policy_check_interval=interval))
+    pool_size = _noise_pool_size(arguments.noise_pool_size)
+    if pool_size is None:
+        print("the noise pool size must be a whole number of at least 1", file=sys.stderr)
+        return 2
+    asyncio.run(
+        _serve(
+            settings,
+            policy_check_interval=interval,
+            noise_pool_size=pool_size,
+        )
+    )
     return 0
 
 
-async def _serve(settings: Any, *, policy_check_interval: float) -> None:
+def _noise_pool_size(flag: int | None) -> int | None:
+    """The flag, else ``$HUSH_NOISE_POOL_SIZE``, else 4096; None when not a size."""
+    if flag is None:
+        raw = os.environ.get("HUSH_NOISE_POOL_SIZE", "4096")
+        try:
+            flag = int(raw)
+        except ValueError:
+            return None
+    return flag if flag >= 1 else None
+
+
+async def _serve(settings: Any, *, policy_check_interval: float, noise_pool_size: int) -> None:
     from aiohttp import web
 
     from hush.sidecar import accountant_client, proxy
@@ -72,6 +101,7 @@ async def _serve(settings: Any, *, policy_check_interval: float) -> None:
             timeout_seconds=settings.accountant_timeout_seconds,
         ),
         policy_check_interval=policy_check_interval,
+        noise_pool_size=noise_pool_size,
     )
     main = web.AppRunner(sidecar.application(), access_log=None)
     admin = web.AppRunner(sidecar.admin_application(), access_log=None)
