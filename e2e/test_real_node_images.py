@@ -303,6 +303,41 @@ def test_the_sample_app_image_serves_its_api(real_cluster: Cluster, images: dict
         )
 
 
+def test_any_other_registry_is_refused_on_loopback(real_cluster: Cluster) -> None:
+    """A pull from anywhere but our registry dies at the closed loopback proxy: containerd
+    never resolves or dials the host (``.invalid`` would resolve nowhere anyway)."""
+    image = "registry.invalid/hush@sha256:" + "0" * 64
+    closed_proxy = real_node.CLOSED_PROXY.removeprefix("http://")  # 127.0.0.1:9
+    manifest = _pod(
+        "outside-image",
+        [{"name": "app", "image": image, "imagePullPolicy": "Always"}],
+        restartPolicy="Never",
+    )
+    real_cluster.kubectl("apply", "--filename=-", stdin=json.dumps(manifest))
+    try:
+        deadline = time.monotonic() + POD_TIMEOUT_SECONDS
+        message = ""
+        while time.monotonic() < deadline and "proxyconnect" not in message:
+            events = real_cluster.get(
+                "events",
+                f"--namespace={NAMESPACE}",
+                "--field-selector=involvedObject.name=outside-image,reason=Failed",
+            )["items"]
+            message = " ".join(event.get("message", "") for event in events)
+            time.sleep(1)
+        assert "proxyconnect" in message, message
+        assert f"dial tcp {closed_proxy}:" in message, message
+    finally:
+        real_cluster.kubectl(
+            "delete",
+            "pod",
+            "outside-image",
+            f"--namespace={NAMESPACE}",
+            "--wait=false",
+            check=False,
+        )
+
+
 def test_down_stops_the_registry_and_keeps_its_storage(real_cluster: Cluster) -> None:
     record = processes.read_pid_file(real_cluster.layout.pid_file(registry.COMPONENT))
     assert record is not None
