@@ -12,10 +12,14 @@ import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
+from hush.api import dppolicy
 from hush.privacy import kinds, mechanisms, noise_pool
+from hush.reconcile import dppolicy as policy_reconcile
+from hush.sidecar import config, proxy
 
 I64_MAX = 2**63 - 1
 # Values around the lattice 2**-52: off it, exactly halfway (ties go up, as OpenDP's
@@ -308,3 +312,64 @@ def test_the_sidecar_command_takes_the_pool_size_from_the_flag_or_the_environmen
     assert sidecar_command._noise_pool_size(None) == 512
     monkeypatch.setenv("HUSH_NOISE_POOL_SIZE", "lots")
     assert sidecar_command._noise_pool_size(None) is None
+
+
+class IdleAccountant:
+    """The sidecar's accountant, never asked anything here."""
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def charge(self, **_: object) -> object:
+        raise AssertionError("no request is made in this test")
+
+    async def policy_status(self, **_: object) -> object:
+        raise AssertionError("no request is made in this test")
+
+
+async def test_the_sidecar_plans_with_pools_fills_them_at_start_and_empties_them_at_close(
+    tmp_path: Path,
+) -> None:
+    spec = dppolicy.DPPolicySpec.model_validate(
+        {
+            "budgetRef": {"name": "b", "team": "t"},
+            "upstream": {"port": 8080},
+            "routes": [
+                {
+                    "path": "/count",
+                    "mechanism": "laplace",
+                    "epsilon": 1.0,
+                    "fields": [{"path": "$.count", "kind": "count"}],
+                }
+            ],
+        }
+    )
+    token = tmp_path / "token"
+    token.write_text("pod-token\n")
+    settings = config.SidecarConfig(
+        policy_name="pools",
+        policy_hash=policy_reconcile.policy_hash(spec),
+        policy=spec,
+        listen_port=1,
+        admin_port=2,
+        upstream_port=3,
+        accountant_url="http://127.0.0.1:4",
+        ca_path=None,
+        token_path=str(token),
+    )
+    sidecar = proxy.Sidecar(settings, accountant=IdleAccountant(), noise_pool_size=32)
+    [route] = sidecar._routes
+    assert route.plan is not None
+    assert isinstance(route.plan.fields[0].plan.sampler, noise_pool.PooledSampler)
+    [pool] = sidecar._noise.pools
+    assert len(pool) == 0  # nothing drawn before start
+    await sidecar.start()
+    try:
+        _wait_for(lambda: len(pool) == 32)
+    finally:
+        await sidecar.close()
+    assert len(pool) == 0
+    assert pool.retired
