@@ -255,7 +255,8 @@ class NoisePools:
             return list(self._pools.values())
 
     def _missed(self, count: int) -> None:
-        self.misses += count
+        with self._lock:  # += on an attribute is not atomic across release threads
+            self.misses += count
         self._on_miss(count)
 
     def sampler(self, direct: mechanisms.Sampler) -> mechanisms.Sampler:
