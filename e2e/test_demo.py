@@ -14,18 +14,25 @@ without Hush installed (``hush dev up --no-hush``), and is deleted at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from hush.dev import demo_objects
+from test_report import _data as report_data
+from tests import report_pages
+
 import devcluster
 import waiting
+from test_cli_status import _hush
 
 WARM_LIMIT_SECONDS = 180
 MARKERS = (
@@ -97,7 +104,9 @@ def _report(result: subprocess.CompletedProcess[str], name: str) -> str:
 
 
 @pytest.mark.timeout(600)
-def test_the_demo_tells_the_whole_story_and_leaves_the_cluster_up(demo_cluster: str) -> None:
+def test_the_demo_tells_the_whole_story_and_leaves_the_cluster_up(
+    demo_cluster: str, tmp_path: Path
+) -> None:
     first = _run_demo(demo_cluster)
     assert first.returncode == 0, _report(first, demo_cluster)
 
@@ -114,6 +123,9 @@ def test_the_demo_tells_the_whole_story_and_leaves_the_cluster_up(demo_cluster: 
     # The cluster, with Hush, stays up after the demo ...
     status = devcluster.status(name=demo_cluster)
     assert status["healthy"], status
+    # ... and what the privacy owner and the auditor ask of the demo's budget agrees with its
+    # ledger: `hush status`, and `hush report` as HTML (opened in headless Chromium) and PDF.
+    _check_status_and_report(Path(status["kubeconfig"]), tmp_path)
     assert status["operator"]["state"] == "running", status
     # ... `hush dev up` reuses it all and still prints only the kubeconfig path ...
     again = devcluster.run_hush("dev", "up", "--name", demo_cluster)
@@ -146,3 +158,30 @@ def test_the_demo_tells_the_whole_story_and_leaves_the_cluster_up(demo_cluster: 
     assert down.returncode == 0, down.stderr
     assert not [pid for pid in pids if devcluster.process_exists(pid)]
     assert not state_dir.exists()
+
+
+def _check_status_and_report(kubeconfig: Path, tmp_path: Path) -> None:
+    """``hush status``, ``hush ledger export`` and ``hush report`` on the demo's exhausted
+    budget: the same entries, hashes and totals, a verified chain, a page that opens in
+    headless Chromium without console errors and a PDF that renders."""
+    budget, namespace = demo_objects.BUDGET, demo_objects.NAMESPACE
+    exported = _hush(kubeconfig, "ledger", "export", budget, "-n", namespace)
+    assert exported.returncode == 0, exported.stderr
+    lines = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert lines, exported.stdout
+    shown = _hush(kubeconfig, "status", "-n", namespace, "-o", "json")
+    assert shown.returncode == 0, shown.stderr
+    [summary] = [item for item in json.loads(shown.stdout)["budgets"] if item["name"] == budget]
+    page, document = tmp_path / "census.html", tmp_path / "census.pdf"
+    written = _hush(
+        kubeconfig, "report", budget, "-n", namespace, "-o", str(page), "--pdf", str(document)
+    )
+    assert written.returncode == 0, written.stderr
+    data = report_data(page)
+    assert data["verification"]["verified"] is True
+    assert data["verification"]["headHash"] == lines[-1]["hash"]
+    assert [entry["hash"] for entry in data["entries"]] == [line["hash"] for line in lines]
+    assert Decimal(data["epsilon"]["spent"]) == Decimal(summary["epsilon"]["spent"])
+    assert report_pages.external_references(page.read_text(encoding="utf-8")) == []
+    assert report_pages.chromium_console(page, tmp_path / "census.png") == []
+    assert report_pages.first_page_png(document).stat().st_size > 20_000
