@@ -187,11 +187,11 @@ def _sidecar(
     tmp_path: Path,
     *,
     team_epsilon: float = 5.0,
+    total_epsilon: float = 10.0,
 ) -> Iterator[Sidecar]:
     with _sample_app(_ScriptedApp) as app_port:
-        hush_resources.create(
-            api_client, namespace, spending.budget_manifest("survey", team_epsilon=team_epsilon)
-        )
+        budget = spending.budget_manifest("survey", team_epsilon=team_epsilon, total=total_epsilon)
+        hush_resources.create(api_client, namespace, budget)
         hush_resources.create(api_client, namespace, _policy(app_port))
         policy = hush_resources.wait_for_condition(
             api_client, namespace, "DPPolicy", "survey", status="True", reason="Accepted"
