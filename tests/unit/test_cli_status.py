@@ -277,3 +277,16 @@ def test_the_command_fails_clearly_without_a_cluster(
 
 def test_no_budgets() -> None:
     assert status.render_table({"budgets": []}) == "No PrivacyBudgets found."
+
+
+def test_wide_adds_the_datasets_delta_and_each_policys_hash() -> None:
+    policy = _policy("census")
+    policy.setdefault("status", {})["policyHash"] = "sha256:feedface"
+    document = status.status_document([_budget()], [policy], NOW)
+    narrow, wide = status.render_table(document), status.render_table(document, wide=True)
+    assert "POLICY HASH" not in narrow
+    assert "sha256:feedface" not in narrow
+    assert "POLICY HASH" in wide
+    assert "sha256:feedface" in wide
+    assert "  delta: total " in wide
+    assert "delta:" not in narrow

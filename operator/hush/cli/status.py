@@ -71,7 +71,13 @@ def register(commands: Any) -> None:
     where.add_argument(
         "--all-namespaces", "-A", action="store_true", help="Every namespace's budgets."
     )
-    parser.add_argument("--output", "-o", choices=("table", "json", "yaml"), default="table")
+    parser.add_argument(
+        "--output",
+        "-o",
+        choices=("table", "wide", "json", "yaml"),
+        default="table",
+        help="wide adds the dataset's delta and each policy's hash to the table.",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -362,7 +368,8 @@ def _burn_text(entry: dict[str, Any] | None, spend: dict[str, str] | None) -> tu
     return (rate, duration_text(seconds))
 
 
-def render_table(document: dict[str, Any]) -> str:
+def render_table(document: dict[str, Any], *, wide: bool = False) -> str:
+    """The budgets as tables; ``wide`` adds the dataset's delta and each policy's hash."""
     budgets = document["budgets"]
     if not budgets:
         return "No PrivacyBudgets found."
@@ -402,21 +409,24 @@ def render_table(document: dict[str, Any]) -> str:
                 )
             )
         lines += policy_commands.table_lines(rows)
+        if wide:
+            delta = _spend_text(budget["delta"])
+            lines.append(f"  delta: total {delta[0]}, spent {delta[1]}, remaining {delta[2]}")
         if budget["policies"]:
-            rows = [("POLICY", "TEAM", "READY", "ROLLOUT", "WORKLOADS", "STALE PODS", "DRIFTED")]
+            header = ("POLICY", "TEAM", "READY", "ROLLOUT", "WORKLOADS", "STALE PODS", "DRIFTED")
+            rows = [(*header, "POLICY HASH") if wide else header]
             for item in budget["policies"]:
                 ready = item["ready"]
-                rows.append(
-                    (
-                        item["name"],
-                        item["team"],
-                        f"{ready['status']} ({ready['reason']})" if ready else "-",
-                        item["rollout"]["state"],
-                        f"{item['rollout']['completeWorkloads']}/{item['rollout']['totalWorkloads']}",
-                        str(item["stalePods"]),
-                        str(item["driftedPods"]),
-                    )
+                row: tuple[str, ...] = (
+                    item["name"],
+                    item["team"],
+                    f"{ready['status']} ({ready['reason']})" if ready else "-",
+                    item["rollout"]["state"],
+                    f"{item['rollout']['completeWorkloads']}/{item['rollout']['totalWorkloads']}",
+                    str(item["stalePods"]),
+                    str(item["driftedPods"]),
                 )
+                rows.append((*row, item["policyHash"] or "-") if wide else row)
             lines += policy_commands.table_lines(rows)
         else:
             lines.append("  no DPPolicy charges it")
@@ -458,5 +468,5 @@ def run(arguments: argparse.Namespace) -> int:
     elif arguments.output == "yaml":
         print(yaml.safe_dump(document, sort_keys=False).rstrip())
     else:
-        print(render_table(document))
+        print(render_table(document, wide=arguments.output == "wide"))
     return 0
