@@ -72,6 +72,15 @@ e2e: venv controlplane report-tools ## e2e tests on a fresh local control plane 
 e2e-kind: venv ## Build the image, load it into kind, helm install it, run the e2e suite (needs Docker, kind, helm)
 	PYTEST_FLAGS='$(PYTEST_FLAGS)' hack/e2e-kind.sh
 
+# The real-node e2e (docs/design/0020-real-nodes.md): containerd, a kubelet, the registry on
+# 127.0.0.1, images built here, the chart on real pods. Root on Linux; one real node per machine,
+# so the files run one after another, each with its own cluster. Not part of `make test` yet.
+REAL_NODE_TESTS ?= $(sort $(wildcard e2e/test_real_*.py))
+
+.PHONY: e2e-real-node
+e2e-real-node: venv controlplane ## e2e on a real node: pods that run, the image built here, the chart installed by digest (root)
+	HUSH_REAL_NODE=1 $(BIN)/pytest $(REAL_NODE_TESTS) $(PYTEST_FLAGS)
+
 .PHONY: test
 test: lint unit e2e ## Everything: lint, unit tests, e2e tests on the local control plane
 
