@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
 import pytest
 
-from hush.admission import validation
+from hush.admission import review, validation
+from hush.webhook import validation as webhook_validation
 
 DIGEST = "sha256:" + "ab" * 32
 PINNED = f"ghcr.io/acme/app@{DIGEST}"
@@ -471,6 +473,41 @@ def test_access_to_restricted_pods_is_denied_with_the_way_out(
     assert decision.event_message == ""
 
 
+def test_port_forward_to_a_restricted_pod_is_denied_and_points_at_the_service() -> None:
+    decision = validation.decide_pod_access(
+        pod=restricted_pod(),
+        subresource="portforward",
+        username="alice",
+        user_groups=["developers"],
+        break_glass_group="hush-break-glass",
+    )
+    assert decision.verdict == "denied"
+    assert decision.violation is not None
+    assert decision.violation.rule == "restricted-pod-access"
+    assert decision.violation.message == (
+        "Pod team-a/db-0: alice may not port-forward to a pod labelled "
+        "hush.dev/sensitivity=restricted (fix: ask a member of group hush-break-glass "
+        "(break-glass; each use is recorded in an Event), or query it through its Service "
+        "(the hush-sidecar's port answers with noise), or reproduce the problem in a pod "
+        "that is not restricted)"
+    )
+
+
+def test_port_forward_break_glass_is_recorded_like_exec() -> None:
+    decision = validation.decide_pod_access(
+        pod=restricted_pod(),
+        subresource="portforward",
+        username="oncall@example.com",
+        user_groups=["hush-break-glass"],
+        break_glass_group="hush-break-glass",
+    )
+    assert decision.verdict == "break-glass"
+    assert decision.event_message == (
+        "User oncall@example.com used break-glass group hush-break-glass to port-forward to "
+        "Pod team-a/db-0 (hush.dev/sensitivity=restricted)"
+    )
+
+
 def test_without_a_break_glass_group_nobody_gets_in() -> None:
     decision = validation.decide_pod_access(
         pod=restricted_pod(),
@@ -588,3 +625,73 @@ def test_the_rules_do_not_change_their_input() -> None:
     before = copy.deepcopy(workload)
     validation.all_violations(workload, policy_exists=lambda _: False)
     assert workload == before
+
+
+# -- the webhook's pod-access path, with fake lookups -----------------------------------------
+
+
+class _FakeCluster:
+    def __init__(self, pod: dict[str, Any] | None) -> None:
+        self.pod = pod
+        self.events: list[tuple[str, str]] = []
+
+    async def read_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None
+
+    async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.pod
+
+    async def record_event(self, pod: Any, reason: str, message: str) -> None:
+        self.events.append((reason, message))
+
+
+def _connect(sub_resource: str, groups: tuple[str, ...] = ()) -> review.Request:
+    return review.Request(
+        uid="u-1",
+        kind="PodPortForwardOptions",
+        group="",
+        resource="pods",
+        sub_resource=sub_resource,
+        operation="CONNECT",
+        namespace="team-a",
+        name="db-0",
+        user=review.UserInfo(username="alice", groups=groups),
+        object={"kind": "PodPortForwardOptions", "apiVersion": "v1"},
+        old_object=None,
+        dry_run=False,
+    )
+
+
+def test_the_webhook_refuses_port_forward_into_a_restricted_pod() -> None:
+    cluster = _FakeCluster(restricted_pod())
+    validator = webhook_validation.Validator(break_glass_group="hush-break-glass")
+    answer = asyncio.run(validator(_connect("portforward"), "enforce", cluster))
+    response = answer["response"]
+    assert response["allowed"] is False
+    assert "alice may not port-forward to a pod labelled" in response["status"]["message"]
+    assert cluster.events == []
+
+
+def test_the_webhook_lets_port_forward_into_other_pods_through() -> None:
+    pod = build_workload("Pod", labels={**GOOD_LABELS, "hush.dev/sensitivity": "internal"})
+    answer = asyncio.run(
+        webhook_validation.Validator(break_glass_group=None)(
+            _connect("portforward"), "enforce", _FakeCluster(pod)
+        )
+    )
+    assert answer["response"]["allowed"] is True
+
+
+def test_port_forward_with_break_glass_is_allowed_and_recorded() -> None:
+    cluster = _FakeCluster(restricted_pod())
+    validator = webhook_validation.Validator(break_glass_group="hush-break-glass")
+    request = _connect("portforward", groups=("hush-break-glass",))
+    answer = asyncio.run(validator(request, "enforce", cluster))
+    assert answer["response"]["allowed"] is True
+    assert cluster.events == [
+        (
+            "BreakGlassAccess",
+            "User alice used break-glass group hush-break-glass to port-forward to Pod "
+            "team-a/db-0 (hush.dev/sensitivity=restricted)",
+        )
+    ]

@@ -137,3 +137,17 @@ def test_only_pods_that_ask_for_a_policy_reach_the_injector() -> None:
     # Validating entries keep every request: exec/attach options carry no annotations.
     validating = webhooks.build_validating_configuration(SETTINGS)["webhooks"]
     assert all("matchConditions" not in entry for entry in validating)
+
+
+def test_port_forward_reaches_the_validating_webhook_like_exec() -> None:
+    connects = [
+        rule
+        for entry in webhooks.build_validating_configuration(SETTINGS)["webhooks"]
+        for rule in entry["rules"]
+        if rule["operations"] == ["CONNECT"]
+    ]
+    assert connects  # one per enforcement mode's entry
+    for rule in connects:
+        assert rule["resources"] == ["pods/exec", "pods/attach", "pods/portforward"]
+    # The chart's copy is generated from the same rules.
+    assert "- pods/portforward" in webhooks.render_chart_template()

@@ -30,7 +30,8 @@ The rules, each with a stable id (``Rule``) that reports and metrics use:
     the ``hush.dev/policy`` annotation names a DPPolicy that does not exist in the namespace
     (the only rule that needs a lookup; the caller passes the lookup in);
 ``restricted-pod-access``
-    ``exec``, ``attach`` or an ephemeral container into a restricted pod.
+    ``exec``, ``attach``, ``port-forward`` or an ephemeral container into a restricted pod
+    (each reaches the application's own port or process without the sidecar).
 
 The first six are *static*: they read only the object, so ``hush.admission.policies`` also
 expresses them in CEL for ValidatingAdmissionPolicies that the apiserver evaluates without a
@@ -587,7 +588,7 @@ def all_violations(
 
 # -- exec, attach and ephemeral containers on restricted pods -------------------------------
 
-PodSubresource = Literal["exec", "attach", "ephemeralcontainers"]
+PodSubresource = Literal["exec", "attach", "portforward", "ephemeralcontainers"]
 POD_SUBRESOURCES: Final[tuple[PodSubresource, ...]] = get_args(PodSubresource)
 AccessVerdict = Literal["allowed", "denied", "break-glass"]
 BREAK_GLASS_EVENT_REASON: Final = "BreakGlassAccess"
@@ -595,13 +596,16 @@ BREAK_GLASS_EVENT_REASON: Final = "BreakGlassAccess"
 _ACCESS_WORDS: Final[Mapping[PodSubresource, str]] = {
     "exec": "exec into",
     "attach": "attach to",
+    # The kubelet forwards into the pod's network namespace: the application's own port
+    # answers raw, past the sidecar and past any NetworkPolicy.
+    "portforward": "port-forward to",
     "ephemeralcontainers": "add an ephemeral container to",
 }
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PodAccessDecision:
-    """Whether a user may exec/attach/debug into a pod, and what to record if they may.
+    """Whether a user may exec/attach/port-forward/debug into a pod, and what to record.
 
     ``denied`` carries the violation (whose outcome then follows the namespace's mode);
     ``break-glass`` is allowed but must be recorded: ``event_message`` is the Event's text,
@@ -621,7 +625,7 @@ def decide_pod_access(
     user_groups: Collection[str],
     break_glass_group: str | None,
 ) -> PodAccessDecision:
-    """Refuse ``exec``, ``attach`` and ephemeral containers into restricted pods.
+    """Refuse ``exec``, ``attach``, ``port-forward`` and ephemeral containers into restricted pods.
 
     A pod is restricted when its own ``hush.dev/sensitivity`` label says so (the label that
     the pod template gave it). Members of ``break_glass_group`` get in, and the caller
@@ -641,16 +645,20 @@ def decide_pod_access(
                 f"Pod {namespace}/{name} ({SENSITIVITY_LABEL}=restricted)"
             ),
         )
+    # A port-forward usually wants answers: the Service's sidecar port gives noised ones.
+    alternative = (
+        "query it through its Service (the hush-sidecar's port answers with noise), or "
+        "reproduce the problem in a pod that is not restricted"
+        if subresource == "portforward"
+        else "reproduce the problem in a pod that is not restricted"
+    )
     if break_glass_group:
         fix = (
             f"ask a member of group {break_glass_group} (break-glass; each use is recorded in "
-            "an Event), or reproduce the problem in a pod that is not restricted"
+            f"an Event), or {alternative}"
         )
     else:
-        fix = (
-            "reproduce the problem in a pod that is not restricted; no break-glass group is "
-            "configured for this cluster"
-        )
+        fix = f"{alternative}; no break-glass group is configured for this cluster"
     return PodAccessDecision(
         verdict="denied",
         violation=Violation(

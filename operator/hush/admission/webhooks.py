@@ -16,8 +16,8 @@ Safety (invariant 8) is decided here, per webhook entry:
   outage must not stop unrelated pods — and fails closed for exactly the pods that asked
   for injection through the ValidatingAdmissionPolicy ``hush-injected-pods``
   (``hush.admission.policies``), which the apiserver evaluates itself after mutation.
-- Workloads and access to pods (exec, attach, ephemeral containers) share one path; the
-  server dispatches on the request's kind and subresource.
+- Workloads and access to pods (exec, attach, port-forward, ephemeral containers) share one
+  path; the server dispatches on the request's kind and subresource.
 - Injection is one webhook (``pods.inject.hush.dev``), with ``reinvocationPolicy: Never``.
   Its ``matchConditions`` (CEL, evaluated by the apiserver) send it only Pods annotated
   ``hush.dev/policy``: every other Pod CREATE is admitted without a network hop, so Hush
@@ -89,7 +89,9 @@ POD_ACCESS_RULES: tuple[dict[str, Any], ...] = (
     {
         "apiGroups": [""],
         "apiVersions": ["v1"],
-        "resources": ["pods/exec", "pods/attach"],
+        # port-forward too: the kubelet forwards into the pod's network namespace, so the
+        # application's own port would answer raw, past the sidecar and any NetworkPolicy.
+        "resources": ["pods/exec", "pods/attach", "pods/portforward"],
         "operations": ["CONNECT"],
         "scope": "Namespaced",
     },

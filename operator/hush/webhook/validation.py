@@ -4,7 +4,8 @@ The static rules (labels, sensitivity values, digest pinning) live in Validating
 inside the apiserver; this webhook keeps what needs the API:
 
 - ``policy-exists``: the DPPolicy that a workload's pod template names must exist;
-- ``restricted-pod-access``: no ``exec``, ``attach`` or ephemeral container into a pod
+- ``restricted-pod-access``: no ``exec``, ``attach``, ``port-forward`` or ephemeral container
+  into a pod
   labelled ``hush.dev/sensitivity=restricted``, except for members of the break-glass
   group, each use recorded in an Event on the pod.
 
@@ -50,7 +51,7 @@ class Validator:
         lookups: Lookups = cluster
         if mode not in rules.ENFORCEMENT_MODES:
             return review.allow(request.uid)
-        if request.sub_resource in ("exec", "attach", "ephemeralcontainers"):
+        if request.sub_resource in rules.POD_SUBRESOURCES:
             return await self._pod_access(request, mode, lookups)
         if request.sub_resource or request.kind not in WORKLOAD_KINDS:
             return review.allow(request.uid)
@@ -92,7 +93,7 @@ class Validator:
     ) -> dict[str, Any]:
         if request.sub_resource == "ephemeralcontainers":
             pod = request.old_object or request.object
-        else:  # the object is PodExecOptions / PodAttachOptions: look the pod up
+        else:  # the object is Pod{Exec,Attach,PortForward}Options: look the pod up
             pod = await asyncio.wait_for(
                 lookups.read_pod(request.namespace, request.name), LOOKUP_TIMEOUT_SECONDS
             )
