@@ -13,7 +13,8 @@ Then, on the real node:
   with ``HUSH_E2E_RELEASE``/``HUSH_E2E_IMAGE`` pointing at this install, not copied) passes:
   UID 65532, read-only root, no restarts, a budget reconciled by the in-cluster operator, the
   apiserver calling the validating webhook through its Service;
-- an annotated Deployment of the sample app (by digest) gets the native sidecar, which
+- an annotated Deployment of the sample app (by digest), in a namespace enforcing the
+  restricted Pod Security Standard (so is ``hush-system``), gets the native sidecar, which
   starts before the app; probes pass; a client pod (by the Service's DNS name) and the host
   (by its ClusterIP) get noised answers (``X-DP-*``) that the ledger records as charges, made
   by the sidecar at the accountant's Service DNS name; the budget drains to 429;
@@ -222,6 +223,9 @@ def test_the_operator_runs_as_two_pods_of_the_built_image_on_the_real_node(real:
             "app.kubernetes.io/component=operator",
         )["items"]
         assert len(pods) == release_install.REPLICAS
+        # Admitted under the restricted Pod Security Standard, enforced on the namespace.
+        labels = real.get("namespace", release.namespace)["metadata"]["labels"]
+        assert labels[release_install.PSS_ENFORCE_LABEL] == "restricted"
         for pod in pods:
             assert pod["spec"]["nodeName"] == real_node.NODE_NAME
             pod_ip = ipaddress.ip_address(pod["status"]["podIP"])
@@ -383,7 +387,9 @@ def app(real: Real) -> Iterator[App]:
     namespace = f"hush-e2e-real-{secrets.token_hex(3)}"
     found = App(namespace, budget="census", policy="survey")
     core = client.CoreV1Api(real.api)
-    core.create_namespace({"metadata": {"name": namespace, "labels": {"hush.dev/e2e": "true"}}})
+    # Restricted Pod Security enforced: the injected pod (app and sidecar) must meet it.
+    labels = {"hush.dev/e2e": "true", release_install.PSS_ENFORCE_LABEL: "restricted"}
+    core.create_namespace({"metadata": {"name": namespace, "labels": labels}})
     try:
         with diagnosed(real, namespace, release.namespace):
             hush_resources.create(

@@ -53,6 +53,7 @@ _COMMAND_TIMEOUT_SECONDS: Final = 420.0
 # The dev cluster's admin (pki.ADMIN_USER) is in system:masters; the chart lets only the
 # operator and these groups change a namespace's hush.dev/enforcement label.
 ENFORCEMENT_LABEL_GROUPS: Final = (pki.MASTERS_GROUP,)
+PSS_ENFORCE_LABEL: Final = "pod-security.kubernetes.io/enforce"
 
 
 def fullname(release: str) -> str:
@@ -238,7 +239,13 @@ def install(
     """``helm upgrade --install`` of the chart with ``image`` (by digest); waits for Ready."""
     began = time.monotonic()
     tools, cluster_layout = _tools(name, environ)
-    namespace_manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+    namespace_manifest = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        # The chart's pods meet the restricted Pod Security Standard: enforced, so a change
+        # that breaks it fails the install instead of going unnoticed.
+        "metadata": {"name": namespace, "labels": {PSS_ENFORCE_LABEL: "restricted"}},
+    }
     tools.run("kubectl", ["apply", "--filename=-"], stdin=json.dumps(namespace_manifest))
     secret = accountant_secret(release)
     present = tools.run(
