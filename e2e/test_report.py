@@ -111,6 +111,10 @@ def test_report_numbers_match_ledger_export(
     [history] = data["policies"]
     assert history["currentHash"] == spender.policy_hash
     assert [period["current"] for period in history["periods"]] == [True]
+    # The period's hash is the one the ledger recorded: the pod's baked hash, sent with each
+    # charge and checked by the accountant.
+    assert [period["policyHash"] for period in history["periods"]] == [spender.policy_hash]
+    assert {line["policyHash"] for line in lines} == {spender.policy_hash}
     # What the page shows is those numbers, and it loads nothing from outside.
     text = page.read_text(encoding="utf-8")
     for line in lines:

@@ -228,6 +228,7 @@ def _assert_entry_is(entry: wire.Entry, release: accounting.Release, mode: str) 
     assert entry.sensitivity == amounts.display(release.sensitivity)
     assert entry.epsilon == amounts.display(release.epsilon)
     assert entry.delta == amounts.display(release.delta)
+    assert entry.policy_hash == HASH  # the pod's baked hash, checked and then recorded
     spec = privacybudget.PrivacyBudgetSpec.model_validate(_budget_spec(mode))
     accountant = limits.limits_for(spec).accountant
     assert entry.cost == accountant.to_json(accountant.release_cost(release))

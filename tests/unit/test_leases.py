@@ -72,6 +72,7 @@ def _grant(
     now: datetime.datetime = NOW,
     seconds: int = 30,
     release: accounting.Release = RELEASE,
+    policy_hash: str | None = None,
 ) -> book.Outcome:
     request = book.LeaseRequest(
         lease_id=lease_id,
@@ -80,6 +81,7 @@ def _grant(
         release=release,
         releases=releases,
         seconds=seconds,
+        policy_hash=policy_hash,
     )
     return working.grant_lease(request, now)
 
@@ -95,6 +97,7 @@ def _report(
     settle: bool = False,
     now: datetime.datetime = NOW,
     release: accounting.Release = RELEASE,
+    policy_hash: str | None = None,
 ) -> book.Outcome:
     report = book.LeaseReport(
         lease_id=lease_id,
@@ -108,6 +111,7 @@ def _report(
         ),
         renew=renew,
         prices={ROUTE: release},
+        policy_hash=policy_hash,
     )
     return working.report_lease(report, now, settle=settle)
 
@@ -289,6 +293,34 @@ def test_old_entries_hash_as_before_and_compaction_folds_lease_entries() -> None
     assert chain.verify(ledger) == []
     assert ledger.spent[0] == 120 * UNIT
     assert ledger.leases == []
+
+
+def test_grant_report_and_top_up_entries_record_the_policy_hash() -> None:
+    working = book.Book(wire.Ledger(), _limits())
+    _grant(working, "l1", 2, policy_hash="sha256:" + "1" * 64)
+    _report(working, "l1", 1, 2, renew=2, policy_hash="sha256:" + "2" * 64)
+    _report(working, "l1", 2, 1, settle=True)  # a report without one records none
+    ledger = working.snapshot()
+    recorded = [(entry.action, entry.policy_hash) for entry in ledger.entries]
+    assert recorded == [
+        ("lease", "sha256:" + "1" * 64),
+        ("report", "sha256:" + "2" * 64),
+        ("lease", "sha256:" + "2" * 64),
+        ("report", None),
+        ("settle", None),
+    ]
+    assert chain.verify(ledger) == []
+    edited = ledger.model_copy(
+        update={
+            "entries": [
+                ledger.entries[0].model_copy(update={"policy_hash": "sha256:" + "3" * 64}),
+                *ledger.entries[1:],
+            ]
+        }
+    )
+    assert "entry 1 (lease l1): hash does not match its content: it was edited" in [
+        str(problem) for problem in chain.verify(edited)
+    ]
 
 
 def test_verify_catches_a_lease_that_used_more_than_it_was_granted() -> None:

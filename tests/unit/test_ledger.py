@@ -236,6 +236,31 @@ def test_verify_names_every_kind_of_tampering(edit: Any, expected: str) -> None:
     assert any(expected in str(problem) for problem in problems), problems
 
 
+def test_the_policy_hash_is_hashed_when_recorded_and_old_entries_verify_unchanged() -> None:
+    working = book.Book(wire.Ledger(), _limits())
+    working.charge(_request("old"), NOW)  # as a caller that sends no hash (an old ledger)
+    working.charge(dataclasses.replace(_request("new"), policy_hash="sha256:" + "a" * 64), NOW)
+    ledger = working.snapshot()
+    old, new = ledger.entries
+    # The entry without a hash hashes exactly the content it had before the field existed.
+    content = old.model_dump(mode="json", by_alias=True, exclude={"hash"}, exclude_none=True)
+    assert "policyHash" not in content
+    assert chain.entry_content_hash(old.previous_hash, content) == old.hash
+    assert new.policy_hash == "sha256:" + "a" * 64
+    assert chain.verify(ledger) == []
+    document = ledger.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert chain.verify(wire.Ledger.model_validate(document)) == []  # through the wire too
+    for edit in (
+        lambda entries: entries[1].update(policyHash="sha256:" + "b" * 64),  # changed
+        lambda entries: entries[1].pop("policyHash"),  # dropped
+        lambda entries: entries[0].update(policyHash="sha256:" + "a" * 64),  # added
+    ):
+        edited = json.loads(json.dumps(document))
+        edit(edited["entries"])
+        problems = [str(problem) for problem in chain.verify(wire.Ledger.model_validate(edited))]
+        assert any("hash does not match its content: it was edited" in p for p in problems)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     quota=st.decimals(min_value="0.01", max_value="5", places=3),

@@ -16,12 +16,13 @@ from hush.ledger import book
 from tests.unit import test_leases as leases
 
 NOW = leases.NOW
+POLICY_HASH = "sha256:0123456789ab" + "c" * 52
 
 
 def _ledger() -> wire.Ledger:
     working = book.Book(wire.Ledger(), leases._limits())
-    leases._grant(working, "open", 4, pod="app-1")
-    leases._report(working, "open", 1, 3, pod="app-1")
+    leases._grant(working, "open", 4, pod="app-1", policy_hash=POLICY_HASH)
+    leases._report(working, "open", 1, 3, pod="app-1", policy_hash=POLICY_HASH)
     leases._grant(working, "gone", 2, pod="app-2", seconds=5)
     working.expire_leases(NOW + datetime.timedelta(seconds=6))
     return working.snapshot()
@@ -54,6 +55,10 @@ def test_show_lists_open_leases_write_offs_and_reported_releases(
     assert report.split()[:2] == ["2", "report"]
     assert report.split()[-2:] == ["3", "open:1"]  # three releases, lease open, batch 1
     assert any(line.split()[1] == "write-off" for line in shown.splitlines()[8:])
+    # Each entry's policy hash, shortened; "-" where none was recorded (the second lease).
+    rows = {line.split()[0]: line.split() for line in shown.splitlines() if line[:1].isdigit()}
+    assert rows["1"][4] == rows["2"][4] == "0123456789ab"
+    assert rows["3"][4] == "-"
 
 
 def test_verify_and_export_understand_leases(
@@ -72,6 +77,7 @@ def test_verify_and_export_understand_leases(
     ]
     assert records[1]["releases"] == 3
     assert "releases" not in records[0]  # left out when unset, as in the hash
+    assert [record.get("policyHash") for record in records[:4]] == [POLICY_HASH] * 2 + [None] * 2
     assert records[4]["leaseId"] == "open"
     # An edited open lease (more used than granted) fails verification.
     stored["status"]["ledger"]["leases"][0]["used"] = [900000000, 0]

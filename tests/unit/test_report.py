@@ -79,7 +79,15 @@ class Charger:
         )
         self.count = 0
 
-    def charge(self, policy: dict[str, Any], route: int, minutes: float, *, times: int = 1) -> None:
+    def charge(
+        self,
+        policy: dict[str, Any],
+        route: int,
+        minutes: float,
+        *,
+        times: int = 1,
+        policy_hash: str | None = None,
+    ) -> None:
         working = book.Book(self.ledger, self.budget_limits)
         release = route_cost.route_charge(_routes(policy)[route])
         team = policy["spec"]["budgetRef"]["team"]
@@ -95,6 +103,7 @@ class Charger:
                         team=team,
                     ),
                     release=release,
+                    policy_hash=policy_hash,
                 ),
                 NOW - datetime.timedelta(minutes=minutes),
             )
@@ -298,6 +307,49 @@ def test_policy_hash_history_splits_on_a_changed_spec(policies: list[Any]) -> No
     # A policy that charged and is gone still has its history.
     gone = model.build(charger.budget(), [], [], NOW)
     assert [(item.name, item.exists) for item in gone.policies] == [("census-stats", False)]
+
+
+def test_policy_hash_history_follows_the_recorded_hashes(policies: list[Any]) -> None:
+    # The same release charged under two specs (say, a changed upstream port): only the
+    # recorded hash can tell the periods apart.
+    charger = Charger()
+    charger.charge(policies[0], 0, 60, times=2, policy_hash="h-analytics-1")
+    charger.charge(policies[0], 0, 20, policy_hash="h-analytics-2")
+    budget = charger.budget()
+    report = model.build(budget, policies, [], NOW)
+    [history] = [item for item in report.policies if item.name == "census-stats"]
+    earlier, current = history.periods
+    assert (earlier.policy_hash, earlier.current, earlier.entries) == ("h-analytics-1", False, 2)
+    assert (earlier.first_sequence, earlier.last_sequence) == (1, 2)
+    assert (earlier.first_time, earlier.last_time) == (
+        budget["status"]["ledger"]["entries"][0]["time"],
+    ) * 2
+    assert (current.policy_hash, current.current, current.entries) == ("h-analytics-2", True, 1)
+    assert current.first_sequence == current.last_sequence == 3
+    assert current.first_time == budget["status"]["ledger"]["entries"][2]["time"]
+    assert [row.policy_hash for row in report.entries] == ["h-analytics-1"] * 2 + ["h-analytics-2"]
+    text = page.render(report)
+    assert '<code class="hash">h-analytics-1</code>' in text
+    assert '<span class="muted">not recorded</span>' not in text
+    # Once the policy changes again, neither period is current.
+    changed = copy.deepcopy(policies)
+    changed[0]["status"]["policyHash"] = "h-analytics-3"
+    [later] = [
+        item
+        for item in model.build(budget, changed, [], NOW).policies
+        if item.name == "census-stats"
+    ]
+    assert [period.current for period in later.periods] == [False, False]
+    # Entries written before hashes were recorded form their own period, matched by release.
+    charger.charge(policies[0], 0, 10)
+    mixed = model.build(charger.budget(), policies, [], NOW)
+    [history] = [item for item in mixed.policies if item.name == "census-stats"]
+    assert [(period.policy_hash, period.current) for period in history.periods] == [
+        ("h-analytics-1", False),
+        ("h-analytics-2", True),
+        ("", True),
+    ]
+    assert '<span class="muted">not recorded</span>' in page.render(mixed)
 
 
 def test_alerts_from_conditions_and_warning_events(charged: Charger, policies: list[Any]) -> None:

@@ -251,6 +251,7 @@ class Accountant:
             request_id=body.request_id,
             consumer=_consumer(grant.namespace, grant.pod, grant.policy, grant.team),
             release=release,
+            policy_hash=body.policy_hash,
         )
 
         def operation(working: book.Book, now: Any) -> book.Outcome:
@@ -314,6 +315,7 @@ class Accountant:
             release=price.release,
             releases=body.releases,
             seconds=body.seconds,
+            policy_hash=body.policy_hash,
         )
 
         def operation(working: book.Book, now: Any) -> book.Outcome:
@@ -365,6 +367,7 @@ class Accountant:
             renew=body.renew,
             prices={route: price.release for route, price in prices.items()},
             seconds=body.seconds,
+            policy_hash=body.policy_hash,
         )
 
         def operation(working: book.Book, now: Any) -> book.Outcome:

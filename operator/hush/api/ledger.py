@@ -87,6 +87,14 @@ class Entry(common.ResourceModel):
         pattern=r"^[0-9a-f]{64}$",
         description="SHA-256 of the reported releases' '<requestId> <time>' lines, in order.",
     )
+    # The policy hash the pod was built from (its sidecar's baked ``policyHash``, checked
+    # against the policy's current hash before the entry is written), so the report can say
+    # which policy spec was in force when. Hashed only when set, like the two above.
+    policy_hash: str | None = pydantic.Field(
+        default=None,
+        max_length=80,
+        description="The charging policy's hash the pod was built from (its policyHash).",
+    )
     previous_hash: str = _HASH
     hash: str = _HASH
 

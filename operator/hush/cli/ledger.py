@@ -2,10 +2,12 @@
 
 ``show`` lists the open leases and the leases written off besides the newest entries (a
 "report" entry records how many releases were made under a lease, with the digest of their
-request ids). ``verify`` recomputes the hash chain and the totals (and checks that no open
-lease used more than it was granted) and exits 1 naming every entry that was edited,
-dropped or reordered. ``export`` writes JSON lines: the checkpoint (if any), every retained
-entry oldest first, then every open lease.
+request ids) and, per entry, the policy hash it was charged under (shortened; "-" for
+entries written before the ledger recorded it). ``verify`` recomputes the hash chain and the
+totals (and checks that no open lease used more than it was granted) and exits 1 naming
+every entry that was edited, dropped or reordered. ``export`` writes JSON lines: the
+checkpoint (if any), every retained entry oldest first (with its ``policyHash`` when
+recorded), then every open lease.
 """
 
 from __future__ import annotations
@@ -80,15 +82,26 @@ def show(arguments: argparse.Namespace) -> int:
                 f"  {consumer.namespace}/{consumer.policy} team {consumer.team}: "
                 f"{consumer.count} entries, cost {consumer.cost}"
             )
-    print("SEQ     ACTION     TEAM           POLICY               EPSILON   RELEASES REQUEST")
+    print(
+        "SEQ     ACTION     TEAM           POLICY               POLICY HASH   EPSILON   "
+        "RELEASES REQUEST"
+    )
     for entry in ledger.entries:
         releases = entry.releases if entry.releases is not None else "-"
         print(
             f"{entry.sequence:<7} {entry.action:<10} {entry.consumer.team:<14} "
-            f"{entry.consumer.policy:<20} {entry.epsilon or '-':<9} {releases!s:<8} "
-            f"{entry.request_id}"
+            f"{entry.consumer.policy:<20} {_short_hash(entry.policy_hash):<13} "
+            f"{entry.epsilon or '-':<9} {releases!s:<8} {entry.request_id}"
         )
     return 0
+
+
+def _short_hash(policy_hash: str | None) -> str:
+    """A recorded policy hash's first 12 digits, without its "sha256:" prefix (enough to
+    tell specs apart; ``export`` has the full hash), "-" when the entry did not record one."""
+    if not policy_hash:
+        return "-"
+    return policy_hash.removeprefix("sha256:")[:12]
 
 
 def verify(arguments: argparse.Namespace) -> int:

@@ -103,6 +103,9 @@ class ChargeRequest:
     request_id: str
     consumer: wire.Consumer
     release: accounting.Release
+    # The policy hash the pod was built from (already checked against the policy's current
+    # one by the accountant); recorded in the entry, None for callers that do not send it.
+    policy_hash: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -115,6 +118,7 @@ class LeaseRequest:
     release: accounting.Release  # one release of ``route``, priced from the policy
     releases: int
     seconds: int = LEASE_SECONDS
+    policy_hash: str | None = None  # recorded in the grant's entry (see ChargeRequest)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -141,6 +145,7 @@ class LeaseReport:
     # lease's own route is renewed (and its releases left counted) at this price.
     prices: Mapping[str, accounting.Release] = dataclasses.field(default_factory=dict)
     seconds: int = LEASE_SECONDS
+    policy_hash: str | None = None  # recorded in its report and top-up entries
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -293,6 +298,7 @@ class Book:
             sensitivity=sensitivity,
             epsilon=epsilon,
             delta=delta,
+            policy_hash=request.policy_hash,
         )
         self._spent = new_spent
         self._team_spent[team] = new_team_spent
@@ -420,6 +426,7 @@ class Book:
             consumer=consumer,
             cost=self._accountant.to_json(units),
             release=request.release,
+            policy_hash=request.policy_hash,
         )
         self._spend(team, units)
         expires = now + datetime.timedelta(seconds=_lease_seconds(request.seconds))
@@ -507,6 +514,7 @@ class Book:
                 release=release,
                 releases=len(items),
                 requests=_requests_digest(items),
+                policy_hash=report.policy_hash,
             ).sequence
         lease = lease.model_copy(
             update={
@@ -539,6 +547,7 @@ class Book:
                         consumer=lease.consumer,
                         cost=units,
                         release=release,
+                        policy_hash=report.policy_hash,
                     )
                     sequence = entry.sequence
                     self._spend(lease.consumer.team, added)
@@ -760,6 +769,7 @@ class Book:
         release: accounting.Release,
         releases: int | None = None,
         requests: str | None = None,
+        policy_hash: str | None = None,
     ) -> wire.Entry:
         noise_scale, sensitivity, epsilon, delta = _release_texts(release)
         return self._append(
@@ -775,6 +785,7 @@ class Book:
             delta=delta,
             releases=releases,
             requests=requests,
+            policy_hash=policy_hash,
         )
 
     def snapshot(self) -> wire.Ledger:
@@ -834,6 +845,7 @@ class Book:
         delta: str = "",
         releases: int | None = None,
         requests: str | None = None,
+        policy_hash: str | None = None,
     ) -> wire.Entry:
         # The hot path of every charge: hash the wire content directly and build the model
         # once, without re-validating what this function itself produced.
@@ -862,6 +874,8 @@ class Book:
             content["releases"] = releases
         if requests is not None:
             content["requests"] = requests
+        if policy_hash is not None:
+            content["policyHash"] = policy_hash
         entry = wire.Entry.model_construct(
             sequence=sequence,
             time=time,
@@ -876,6 +890,7 @@ class Book:
             cost=cost,
             releases=releases,
             requests=requests,
+            policy_hash=policy_hash,
             previous_hash=self._head_hash,
             hash=chain.entry_content_hash(self._head_hash, content),
         )

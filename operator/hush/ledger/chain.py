@@ -38,8 +38,10 @@ def entry_content_hash(previous_hash: str, content: dict[str, Any]) -> str:
     return hashlib.sha256(previous_hash.encode() + canonical(content)).hexdigest()
 
 
-# Entry fields that are hashed only when set (added with leases; older entries lack them).
-_OPTIONAL_FIELDS = ("releases", "requests")
+# Entry fields that are hashed only when set (wire names; added after the first ledgers, so
+# older entries lack them and verify unchanged): a report's releases and requests digest
+# (leases) and the policy hash the charge was made under.
+_OPTIONAL_FIELDS = ("releases", "requests", "policyHash")
 
 
 def entry_hash(entry: wire.Entry) -> str:

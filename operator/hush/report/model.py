@@ -16,11 +16,13 @@ them and from ``hush.ledger.chain.verify``, so that an auditor can recompute it:
   time (the plot's series) and at the end (the table).
 - *releases by route and mechanism*: a charge (or a reserved charge committed) is one
   release; a lease's report entry carries how many releases it records.
-- *policy-hash history*: the ledger does not record a policy's hash, but each entry records
-  the release it charged (mechanism, scale, sensitivity, epsilon, delta), which the policy's
-  route determines. Per policy, each distinct charged release is a period of the policy (first
-  and last entry that charged it); the ones the current spec still charges are marked with
-  the policy's current hash, the others were in force under an earlier spec.
+- *policy-hash history*: each entry records the policy hash its pod was built from
+  (``policyHash``, checked against the policy's current hash before the charge) and the
+  release it charged (mechanism, scale, sensitivity, epsilon, delta). Per policy, each
+  distinct (recorded hash, release) is a period (first and last entry with it); a period is
+  current when its hash is the policy's ``status.policyHash``. Entries written before the
+  ledger recorded the hash group by release alone ("not recorded"), and such a period is
+  current when the current spec still charges its release (the inference used before).
 - *alerts*: the budget's alerting conditions (NearExhaustion, Exhausted,
   UnboundedLifetimeLoss) while True, a policy not Ready, and Warning Events about the budget
   or its policies (the operator records NearExhaustion and rollout problems as Events).
@@ -96,6 +98,7 @@ class EntryRow:
     cost: tuple[int, ...]
     releases: int  # releases this entry records (0 for one that records none)
     route: str  # the charging policy's route with this release, "" when none matches
+    policy_hash: str  # the policy hash recorded in the entry, "" when not recorded
     hash: str
 
 
@@ -135,8 +138,10 @@ class ReleaseRow:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PolicyPeriod:
-    """One charged release of a policy and the entries that charged it: a period in force."""
+    """One (recorded policy hash, charged release) of a policy and the entries that charged
+    it: a period during which that version of the policy was in force."""
 
+    policy_hash: str  # the hash the entries recorded, "" for entries that did not record one
     mechanism: str
     noise_scale: str
     sensitivity: str
@@ -148,7 +153,7 @@ class PolicyPeriod:
     last_time: str
     entries: int
     routes: tuple[str, ...]  # routes of the current spec that charge exactly this
-    current: bool  # the current spec still charges it
+    current: bool  # its hash is the policy's current one (unrecorded: the spec charges it)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -472,6 +477,7 @@ def build(
                 cost=tuple(entry.cost),
                 releases=_releases_of(entry),
                 route=" | ".join(matched),
+                policy_hash=entry.policy_hash or "",
                 hash=entry.hash,
             )
         )
@@ -618,21 +624,23 @@ def _histories(
     charging: dict[str, tuple[dict[str, Any], dppolicy.DPPolicySpec | None]],
     signatures: dict[str, dict[tuple[str, str, str, str, str], list[str]]],
 ) -> tuple[PolicyHistory, ...]:
-    periods: dict[str, dict[tuple[str, str, str, str, str], list[wire.Entry]]] = {}
+    # Per policy: (recorded hash or "", release signature) -> its entries, oldest first.
+    periods: dict[str, dict[tuple[str, tuple[str, str, str, str, str]], list[wire.Entry]]] = {}
     for entry in ledger.entries:
         if not entry.mechanism or not entry.consumer.policy:
             continue  # renewals, settlements and write-offs charge no release of a route
-        periods.setdefault(entry.consumer.policy, {}).setdefault(_signature(entry), []).append(
-            entry
-        )
+        key = (entry.policy_hash or "", _signature(entry))
+        periods.setdefault(entry.consumer.policy, {}).setdefault(key, []).append(entry)
     histories: list[PolicyHistory] = []
     for policy_name in sorted(set(periods) | set(charging)):
         policy, _ = charging.get(policy_name, ({}, None))
         current = signatures.get(policy_name, {})
+        current_hash = str((policy.get("status") or {}).get("policyHash", ""))
         items: list[PolicyPeriod] = []
-        for signature, entries in periods.get(policy_name, {}).items():
+        for (recorded, signature), entries in periods.get(policy_name, {}).items():
             items.append(
                 PolicyPeriod(
+                    policy_hash=recorded,
                     mechanism=signature[0],
                     noise_scale=signature[1],
                     sensitivity=signature[2],
@@ -644,7 +652,9 @@ def _histories(
                     last_time=entries[-1].time,
                     entries=len(entries),
                     routes=tuple(current.get(signature, [])),
-                    current=signature in current,
+                    # A recorded hash says exactly which spec was in force; an entry from
+                    # before hashes were recorded can only be matched by its release.
+                    current=recorded == current_hash if recorded else signature in current,
                 )
             )
         team = ((policy.get("spec") or {}).get("budgetRef") or {}).get("team", "")
@@ -656,7 +666,7 @@ def _histories(
                 namespace=namespace,
                 name=policy_name,
                 team=str(team),
-                current_hash=str((policy.get("status") or {}).get("policyHash", "")),
+                current_hash=current_hash,
                 exists=policy_name in charging,
                 periods=tuple(sorted(items, key=lambda item: item.first_sequence)),
             )

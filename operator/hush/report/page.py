@@ -167,6 +167,9 @@ def _histories(report: model.Report) -> str:
                 "current spec" + (f" ({_e(policy.current_hash)})" if policy.current_hash else "")
                 if period.current
                 else "an earlier spec",
+                f'<code class="hash">{_e(period.policy_hash)}</code>'
+                if period.policy_hash
+                else '<span class="muted">not recorded</span>',
                 _e(", ".join(period.routes) or "-"),
                 _e(period.mechanism),
                 _w(period.noise_scale),
@@ -183,6 +186,7 @@ def _histories(report: model.Report) -> str:
             _table(
                 [
                     "in force",
+                    "policy hash",
                     "routes",
                     "mechanism",
                     "scale",
@@ -194,7 +198,7 @@ def _histories(report: model.Report) -> str:
                     "entries",
                 ],
                 rows,
-                numeric=frozenset({9}),
+                numeric=frozenset({10}),
             )
         )
     return "".join(parts)
@@ -328,10 +332,12 @@ checkpoint had folded before the first retained entry. A renewal starts a team's
 <h2>Releases by route and mechanism (retained entries)</h2>
 {releases}
 <h2>Policy-hash history</h2>
-<p class="muted">The ledger records the release each entry charged (mechanism, scale,
-sensitivity, epsilon, delta), which a policy's route determines: each distinct one is a period
-during which that version of the policy was in force. Those the current spec still charges
-carry its hash.</p>
+<p class="muted">Each ledger entry records the policy hash its pod was built from (checked
+against the policy's hash when it was charged) and the release it charged (mechanism, scale,
+sensitivity, epsilon, delta): each distinct pair is a period during which that version of the
+policy was in force, and the one whose hash is the policy's current hash is current. Entries
+written before the ledger recorded hashes show "not recorded"; such a period is current when
+the current spec still charges its release.</p>
 {_histories(report)}
 <h2>Alerts fired</h2>
 <p class="muted">The budget's alerting conditions while True, policies not Ready, and Warning
