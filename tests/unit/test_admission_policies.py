@@ -30,10 +30,15 @@ def by_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [manifest for manifest in manifests if manifest["kind"] == kind]
 
 
+def named(manifests: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = (m for m in by_kind(manifests, kind) if m["metadata"]["name"] == name)
+    return found
+
+
 def test_policies_come_first_then_their_bindings() -> None:
     manifests = policies.all_manifests(SETTINGS)
     kinds = [manifest["kind"] for manifest in manifests]
-    assert kinds == ["ValidatingAdmissionPolicy"] * 5 + ["ValidatingAdmissionPolicyBinding"] * 11
+    assert kinds == ["ValidatingAdmissionPolicy"] * 7 + ["ValidatingAdmissionPolicyBinding"] * 13
     assert {manifest["apiVersion"] for manifest in manifests} == {"admissionregistration.k8s.io/v1"}
     names = [manifest["metadata"]["name"] for manifest in manifests]
     assert names == [
@@ -42,6 +47,8 @@ def test_policies_come_first_then_their_bindings() -> None:
         "hush-pods",
         "hush-namespace-enforcement-label",
         "hush-injected-pods",
+        "hush-operator-config-maps",
+        "hush-operator-workloads",
         "hush-workloads-enforce",
         "hush-workloads-warn",
         "hush-workloads-audit",
@@ -53,6 +60,8 @@ def test_policies_come_first_then_their_bindings() -> None:
         "hush-pods-audit",
         "hush-namespace-enforcement-label",
         "hush-injected-pods",
+        "hush-operator-config-maps",
+        "hush-operator-workloads",
     ]
 
 
@@ -161,7 +170,9 @@ def test_messages_are_the_python_texts(index: int) -> None:
 def test_the_namespace_guard_names_the_operator_and_records_every_change() -> None:
     manifests = policies.all_manifests(SETTINGS)
     policy = by_kind(manifests, "ValidatingAdmissionPolicy")[3]
-    binding = by_kind(manifests, "ValidatingAdmissionPolicyBinding")[-2]
+    binding = named(
+        manifests, "ValidatingAdmissionPolicyBinding", "hush-namespace-enforcement-label"
+    )
     assert policy["spec"]["matchConstraints"] == {
         "resourceRules": [
             {
@@ -246,7 +257,7 @@ def test_the_chart_reads_only_documented_values() -> None:
 def test_annotated_pods_without_the_sidecar_are_refused_outside_excluded_namespaces() -> None:
     manifests = policies.all_manifests(SETTINGS)
     policy = by_kind(manifests, "ValidatingAdmissionPolicy")[4]
-    binding = by_kind(manifests, "ValidatingAdmissionPolicyBinding")[-1]
+    binding = named(manifests, "ValidatingAdmissionPolicyBinding", "hush-injected-pods")
     assert policy["metadata"]["name"] == "hush-injected-pods"
     (condition,) = policy["spec"]["matchConditions"]
     assert "'hush.dev/policy' in object.metadata.annotations" in condition["expression"]
@@ -256,3 +267,86 @@ def test_annotated_pods_without_the_sidecar_are_refused_outside_excluded_namespa
     assert "c.name == 'hush-sidecar'" in check["expression"]
     assert "did not run" in check["messageExpression"]
     assert binding["spec"] == {"policyName": "hush-injected-pods", "validationActions": ["Deny"]}
+
+
+# -- least privilege for the operator --------------------------------------------------------
+
+OPERATOR = "'system:serviceaccount:hush-system:hush-operator'"
+
+
+def test_the_operator_may_create_and_change_only_the_ca_config_map() -> None:
+    manifests = policies.all_manifests(SETTINGS)
+    policy = named(manifests, "ValidatingAdmissionPolicy", "hush-operator-config-maps")
+    binding = named(manifests, "ValidatingAdmissionPolicyBinding", "hush-operator-config-maps")
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["resources"] == ["configmaps"]
+    assert rule["operations"] == ["CREATE", "UPDATE", "DELETE"]
+    assert "namespaceSelector" not in policy["spec"]["matchConstraints"]  # kube-system too
+    (condition,) = policy["spec"]["matchConditions"]
+    assert condition["expression"] == f"request.userInfo.username == {OPERATOR}"
+    (check,) = policy["spec"]["validations"]
+    assert check["expression"] == (
+        "request.operation != 'DELETE' && object.metadata.name == 'hush-accountant-ca'"
+    )
+    assert (
+        "may only create or change ConfigMaps named hush-accountant-ca"
+        in (check["messageExpression"])
+    )
+    assert binding["spec"] == {
+        "policyName": "hush-operator-config-maps",
+        "validationActions": ["Deny"],
+    }
+
+
+def test_the_ca_config_map_name_is_the_one_sidecars_mount() -> None:
+    from hush.admission import mutation
+
+    policy = policies.build_operator_config_maps_policy(SETTINGS)
+    assert (
+        f"'{mutation.ACCOUNTANT_CA_CONFIG_MAP}'" in policy["spec"]["validations"][0]["expression"]
+    )
+
+
+def test_the_rollout_annotation_is_the_one_the_rollout_controller_writes() -> None:
+    from hush.rollout import trigger
+
+    assert policies.ROLLOUT_ANNOTATION == trigger.ROLLOUT_ANNOTATION
+
+
+def test_the_operator_may_change_only_the_rollout_annotation_of_a_workload() -> None:
+    manifests = policies.all_manifests(SETTINGS)
+    policy = named(manifests, "ValidatingAdmissionPolicy", "hush-operator-workloads")
+    binding = named(manifests, "ValidatingAdmissionPolicyBinding", "hush-operator-workloads")
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["apiGroups"] == ["apps"]
+    assert rule["resources"] == ["deployments", "statefulsets", "daemonsets"]
+    assert rule["operations"] == ["UPDATE"]
+    (condition,) = policy["spec"]["matchConditions"]
+    assert condition["expression"] == f"request.userInfo.username == {OPERATOR}"
+    checks = policy["spec"]["validations"]
+    # Every part of the object is compared, each leaving out only what may differ.
+    assert [check["expression"] for check in checks] == [
+        f"variables.new{part}.all(k, k in [{skip}] || (k in variables.old{part} && "
+        f"variables.new{part}[k] == variables.old{part}[k])) && "
+        f"variables.old{part}.all(k, k in [{skip}] || k in variables.new{part})"
+        for part, skip in [
+            ("Metadata", "'resourceVersion', 'generation', 'managedFields'"),
+            ("Spec", "'template'"),
+            ("Template", "'metadata'"),
+            ("TemplateMetadata", "'annotations'"),
+            ("TemplateAnnotations", "'hush.dev/policy-rollout'"),
+        ]
+    ]
+    assert variables(policy)["newTemplateAnnotations"] == (
+        "has(object.spec.template.metadata) && has(object.spec.template.metadata.annotations) "
+        "? dyn(object.spec.template.metadata.annotations) : dyn({})"
+    )
+    assert all(
+        "may change only the pod template's annotation hush.dev/policy-rollout"
+        in check["messageExpression"]
+        for check in checks
+    )
+    assert binding["spec"] == {
+        "policyName": "hush-operator-workloads",
+        "validationActions": ["Deny"],
+    }

@@ -342,7 +342,15 @@ def test_the_arguments_are_what_hush_operator_understands(helm: Path) -> None:
     assert arguments.sidecar_image == f"ghcr.io/hush-dev/hush@{DIGEST}"
     assert arguments.sidecar_accountant_url == "https://hush-accountant.hush-system.svc:8443"
     assert arguments.break_glass_group is None
-    assert str(arguments.sidecar_ca_file) == "/etc/hush/accountant-tls/ca.crt"
+    # The operator keeps the accountant's certificate and publishes its own CA.
+    assert arguments.sidecar_ca_file is None
+    accountant = operator_command.accountant_certificate_options(
+        arguments, {"POD_NAMESPACE": NAMESPACE}
+    )
+    assert accountant.mode == "self-signed"
+    assert accountant.names is not None
+    assert accountant.names.service == "hush-accountant"
+    assert accountant.secret_name == "hush-accountant-tls"
     election = operator_command.leader_election_settings(
         arguments, {"POD_NAMESPACE": NAMESPACE, "POD_NAME": "hush-operator-abc"}, "pod_1"
     )
@@ -506,6 +514,33 @@ def test_cert_manager_injects_the_ca_into_both_configurations(helm: Path) -> Non
     assert "ipAddresses" not in named["spec"]
 
 
+def test_the_accountant_certificate_from_cert_manager_is_mounted_and_its_ca_published(
+    helm: Path,
+) -> None:
+    documents = render(helm, "accountant.certificates.mode=cert-manager")
+    certificate = one(documents, "Certificate", "hush-accountant")
+    assert certificate["spec"]["secretName"] == "hush-accountant-tls"
+    assert "hush-accountant.hush-system.svc" in certificate["spec"]["dnsNames"]
+    # No issuer given: the chart's private CA, rendered although the webhooks are self-signed.
+    assert certificate["spec"]["issuerRef"]["name"] == "hush-webhook-ca"
+    one(documents, "Issuer", "hush-webhook-ca")
+    assert not [
+        c for c in kinds(documents, "Certificate") if c["metadata"]["name"] == "hush-webhook"
+    ]
+    arguments = operator_arguments(documents)
+    assert arguments.accountant_certs == "cert-manager"
+    assert str(arguments.accountant_tls_cert) == "/etc/hush/accountant-tls/tls.crt"
+    assert str(arguments.sidecar_ca_file) == "/etc/hush/accountant-tls/ca.crt"
+    volumes = one(documents, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "accountant-tls", "secret": {"secretName": "hush-accountant-tls"}} in volumes
+    # Self-signed (the default): no Certificate, no mounted Secret, the operator keeps it.
+    default = render(helm)
+    assert not kinds(default, "Certificate")
+    names = [v["name"] for v in one(default, "Deployment")["spec"]["template"]["spec"]["volumes"]]
+    assert "accountant-tls" not in names
+    assert operator_arguments(default).accountant_certs == "self-signed"
+
+
 # -- CRDs --------------------------------------------------------------------------------------
 
 
@@ -566,6 +601,21 @@ def test_the_operator_gets_what_each_part_needs_and_no_more(helm: Path) -> None:
     assert _grants(election["rules"], "coordination.k8s.io", "leases", "update")
     certificates = one(documents, "Role", "hush-webhook-certificates")
     assert certificates["metadata"]["namespace"] == NAMESPACE
+    # The accountant's self-signed certificate: its one Secret by name (create is unnamed).
+    accountant = one(documents, "Role", "hush-accountant-certificates")
+    assert accountant["metadata"]["namespace"] == NAMESPACE
+    assert {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]} in accountant["rules"]
+    assert {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "resourceNames": ["hush-accountant-tls"],
+        "verbs": ["get", "update"],
+    } in accountant["rules"]
+    assert not [
+        role
+        for role in kinds(render(helm, "accountant.certificates.mode=cert-manager"), "Role")
+        if role["metadata"]["name"] == "hush-accountant-certificates"
+    ]
 
     without_accountant = render(helm, "accountant.enabled=false")
     assert not _grants(
@@ -580,12 +630,39 @@ def test_the_operator_gets_what_each_part_needs_and_no_more(helm: Path) -> None:
     )
 
 
+def test_config_maps_only_by_the_ca_name_and_create_is_guarded_by_a_policy(helm: Path) -> None:
+    documents = render(helm)
+    cluster = _rules(documents, "ClusterRole", "hush-operator")
+    config_maps = [rule for rule in cluster if "configmaps" in rule["resources"]]
+    assert config_maps == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["hush-accountant-ca"],
+            "verbs": ["get", "patch", "update"],
+        },
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+    ]
+    # What RBAC cannot name (create) and cannot narrow (a patch to one field) is refused by
+    # ValidatingAdmissionPolicies bound to deny for this ServiceAccount.
+    policies_ = {p["metadata"]["name"]: p for p in kinds(documents, "ValidatingAdmissionPolicy")}
+    operator = "'system:serviceaccount:" + NAMESPACE + ":hush'"
+    for name in ("hush-operator-config-maps", "hush-operator-workloads"):
+        (condition,) = policies_[name]["spec"]["matchConditions"]
+        assert condition["expression"] == f"request.userInfo.username == {operator}"
+    bindings = {
+        b["metadata"]["name"]: b for b in kinds(documents, "ValidatingAdmissionPolicyBinding")
+    }
+    assert bindings["hush-operator-config-maps"]["spec"]["validationActions"] == ["Deny"]
+    assert bindings["hush-operator-workloads"]["spec"]["validationActions"] == ["Deny"]
+
+
 def test_only_the_operators_service_account_is_bound_so_sidecars_get_nothing(
     helm: Path,
 ) -> None:
     documents = render(helm, "operator.replicas=2")
     bindings = kinds(documents, "ClusterRoleBinding") + kinds(documents, "RoleBinding")
-    assert len(bindings) == 3
+    assert len(bindings) == 4  # operator, leader election, webhook and accountant certificates
     for binding in bindings:
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": "hush", "namespace": NAMESPACE}

@@ -17,7 +17,15 @@ so it keeps working while the operator is down (invariant 8). This module builds
 - a namespace policy (and its binding, always ``[Deny]``) that lets only the operator's
   ServiceAccount (and optional, explicitly configured groups) add, change or remove the
   ``hush.dev/enforcement`` label, refuses values other than the three modes, and records
-  every change in the audit log.
+  every change in the audit log;
+- least privilege for the operator itself (each with a ``[Deny]`` binding, matched only for
+  the operator's ServiceAccount): RBAC cannot name the object of a ``create``, nor limit a
+  ``patch`` to one field, so ``hush-operator-config-maps`` lets it create or change only
+  ConfigMaps named ``hush-accountant-ca``, and ``hush-operator-workloads`` lets it change
+  nothing in a Deployment, StatefulSet or DaemonSet but the pod template's
+  ``hush.dev/policy-rollout`` annotation (the object and the old object compared with that
+  annotation left out). A compromised operator cannot rewrite ``kube-system/aws-auth`` or
+  swap a workload's image.
 
 Workload policies never match kube-system, kube-public, kube-node-lease or Hush's own
 namespace, nor writes by the built-in controllers or to objects being deleted (see
@@ -39,7 +47,7 @@ from typing import Any, Final
 
 import yaml
 
-from hush.admission import validation
+from hush.admission import mutation, validation
 
 Manifest = dict[str, Any]
 
@@ -54,6 +62,11 @@ VALIDATION_ACTIONS: Final[Mapping[validation.EnforcementMode, tuple[str, ...]]] 
 }
 
 ENFORCEMENT_LABEL_CHANGE_AUDIT_KEY: Final = "enforcement-label-change"
+# The one pod-template annotation the rollout controller writes (hush.rollout.trigger, which
+# this layer may not import; a unit test keeps the two equal).
+ROLLOUT_ANNOTATION: Final = "hush.dev/policy-rollout"
+# Fields the apiserver itself changes on every write: never compared.
+SERVER_SET_METADATA: Final = ("resourceVersion", "generation", "managedFields")
 CHART_TEMPLATE_NAME: Final = "validating-admission-policies.yaml"
 
 
@@ -582,11 +595,219 @@ def build_injected_pods_binding(settings: PolicySettings) -> Manifest:
     }
 
 
+# -- least privilege for the operator itself -------------------------------------------------
+
+
+def operator_config_maps_policy_name(settings: PolicySettings) -> str:
+    return f"{settings.name_prefix}-operator-config-maps"
+
+
+def build_operator_config_maps_policy(settings: PolicySettings) -> Manifest:
+    """The operator may create or change only ConfigMaps named ``hush-accountant-ca``.
+
+    RBAC limits get/patch/update by ``resourceNames``, but a ``create`` has no name at
+    authorisation time; this policy names it. Matched only for the operator's ServiceAccount.
+    """
+    operator = settings.operator_username
+    name = mutation.ACCOUNTANT_CA_CONFIG_MAP
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {
+            "name": operator_config_maps_policy_name(settings),
+            "labels": dict(PART_OF_LABELS),
+            "annotations": {
+                "hush.dev/description": (
+                    f"The Hush operator ({operator}) creates and changes only ConfigMaps "
+                    f"named {name} (the accountant's CA for injected sidecars)"
+                )
+            },
+        },
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE", "DELETE"],
+                        "resources": ["configmaps"],
+                    }
+                ]
+            },
+            "matchConditions": [
+                {
+                    "name": "the-operator",
+                    "expression": f"request.userInfo.username == {_cel_string(operator)}",
+                }
+            ],
+            "validations": [
+                {
+                    # A DELETE has no object (and RBAC gives no delete): refused outright.
+                    "expression": f"request.operation != 'DELETE' && "
+                    f"object.metadata.name == {_cel_string(name)}",
+                    "messageExpression": (
+                        f"'ConfigMap ' + request.namespace + '/' + (request.name != '' ? "
+                        f"request.name : '<generated>') + ': the Hush operator ({operator}) may "
+                        f"only create or change ConfigMaps named {name} (least privilege: a "
+                        "ConfigMap can grant cluster access, e.g. kube-system/aws-auth)'"
+                    ),
+                    "reason": "Forbidden",
+                }
+            ],
+        },
+    }
+
+
+def operator_workloads_policy_name(settings: PolicySettings) -> str:
+    return f"{settings.name_prefix}-operator-workloads"
+
+
+def _same_except(new: str, old: str, ignored: Sequence[str]) -> str:
+    """CEL: maps (or objects, through ``dyn``) ``new`` and ``old`` agree on every other key.
+
+    CEL has no map removal, so "equal with these keys left out" is written out: every key
+    of one side is ignored or present on the other side with the same value.
+    """
+    skip = _cel_list(ignored)
+    return (
+        f"{new}.all(k, k in {skip} || (k in {old} && {new}[k] == {old}[k])) && "
+        f"{old}.all(k, k in {skip} || k in {new})"
+    )
+
+
+def _dyn_or_empty(path: str, guards: Sequence[str]) -> str:
+    condition = " && ".join(f"has({guard})" for guard in guards)
+    return f"{condition} ? dyn({path}) : dyn({{}})"
+
+
+def build_operator_workloads_policy(settings: PolicySettings) -> Manifest:
+    """The operator may change nothing in a workload but its rollout annotation.
+
+    The rollout controller server-side applies one field,
+    ``spec.template.metadata.annotations[hush.dev/policy-rollout]``; RBAC's ``patch`` would
+    let a compromised operator change the image or command of any workload. Each part of
+    the object is compared with the old object (``dyn`` makes one expression serve the three
+    kinds), leaving out only that annotation and the fields the apiserver sets itself.
+    """
+    operator = settings.operator_username
+    template = "object.spec.template"
+    old_template = "oldObject.spec.template"
+    variables = [
+        ("newMetadata", "dyn(object.metadata)"),
+        ("oldMetadata", "dyn(oldObject.metadata)"),
+        ("newSpec", "dyn(object.spec)"),
+        ("oldSpec", "dyn(oldObject.spec)"),
+        ("newTemplate", f"dyn({template})"),
+        ("oldTemplate", f"dyn({old_template})"),
+        ("newTemplateMetadata", _dyn_or_empty(f"{template}.metadata", [f"{template}.metadata"])),
+        (
+            "oldTemplateMetadata",
+            _dyn_or_empty(f"{old_template}.metadata", [f"{old_template}.metadata"]),
+        ),
+        (
+            "newTemplateAnnotations",
+            _dyn_or_empty(
+                f"{template}.metadata.annotations",
+                [f"{template}.metadata", f"{template}.metadata.annotations"],
+            ),
+        ),
+        (
+            "oldTemplateAnnotations",
+            _dyn_or_empty(
+                f"{old_template}.metadata.annotations",
+                [f"{old_template}.metadata", f"{old_template}.metadata.annotations"],
+            ),
+        ),
+    ]
+    # What changed, named in the refusal.
+    parts = [
+        ("metadata", "newMetadata", "oldMetadata", SERVER_SET_METADATA),
+        ("spec (outside the pod template)", "newSpec", "oldSpec", ("template",)),
+        ("spec.template.spec", "newTemplate", "oldTemplate", ("metadata",)),
+        (
+            "spec.template.metadata (outside its annotations)",
+            "newTemplateMetadata",
+            "oldTemplateMetadata",
+            ("annotations",),
+        ),
+        (
+            f"spec.template.metadata.annotations (other than {ROLLOUT_ANNOTATION})",
+            "newTemplateAnnotations",
+            "oldTemplateAnnotations",
+            (ROLLOUT_ANNOTATION,),
+        ),
+    ]
+    validations = [
+        {
+            "expression": _same_except(f"variables.{new}", f"variables.{old}", ignored),
+            "messageExpression": (
+                "object.kind + ' ' + request.namespace + '/' + request.name + ': the Hush "
+                f"operator ({operator}) may change only the pod template's annotation "
+                f"{ROLLOUT_ANNOTATION}, and this write changes its {part} (least privilege: "
+                "rollouts never change what a workload runs)'"
+            ),
+            "reason": "Forbidden",
+        }
+        for part, new, old, ignored in parts
+    ]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {
+            "name": operator_workloads_policy_name(settings),
+            "labels": dict(PART_OF_LABELS),
+            "annotations": {
+                "hush.dev/description": (
+                    f"The Hush operator ({operator}) changes nothing in a Deployment, "
+                    f"StatefulSet or DaemonSet but the pod template's {ROLLOUT_ANNOTATION} "
+                    "annotation"
+                )
+            },
+        },
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": ["apps"],
+                        "apiVersions": ["v1"],
+                        # RBAC gives the operator neither create nor delete on workloads.
+                        "operations": ["UPDATE"],
+                        "resources": ["deployments", "statefulsets", "daemonsets"],
+                    }
+                ]
+            },
+            "matchConditions": [
+                {
+                    "name": "the-operator",
+                    "expression": f"request.userInfo.username == {_cel_string(operator)}",
+                }
+            ],
+            "variables": [
+                {"name": name, "expression": expression} for name, expression in variables
+            ],
+            "validations": validations,
+        },
+    }
+
+
+def _deny_everywhere_binding(name: str) -> Manifest:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name, "labels": dict(PART_OF_LABELS)},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
+    }
+
+
 def all_manifests(settings: PolicySettings) -> list[Manifest]:
     """Every policy, then every binding, in a stable order (apply policies first)."""
     policies = [build_workload_policy(settings, shape) for shape in TEMPLATE_SHAPES]
     policies.append(build_namespace_policy(settings))
     policies.append(build_injected_pods_policy(settings))
+    policies.append(build_operator_config_maps_policy(settings))
+    policies.append(build_operator_workloads_policy(settings))
     bindings = [
         build_workload_binding(settings, shape, mode)
         for shape in TEMPLATE_SHAPES
@@ -594,6 +815,8 @@ def all_manifests(settings: PolicySettings) -> list[Manifest]:
     ]
     bindings.append(build_namespace_binding(settings))
     bindings.append(build_injected_pods_binding(settings))
+    bindings.append(_deny_everywhere_binding(operator_config_maps_policy_name(settings)))
+    bindings.append(_deny_everywhere_binding(operator_workloads_policy_name(settings)))
     return policies + bindings
 
 
