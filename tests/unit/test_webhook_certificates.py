@@ -346,3 +346,128 @@ async def test_a_torn_file_pair_is_refused_and_the_old_certificate_stays(
     key_file.write_bytes(second.key_pem())
     assert await keeper.sync()
     assert keeper.certificate_file.read_bytes() == second.certificate_pem()
+
+
+# -- the accountant's certificate: the same keeper, its CA handed to the publisher -------------
+
+ACCOUNTANT_NAMES = pure.ServingNames(service="hush-accountant", namespace="hush-system")
+
+
+def _accountant_keeper(
+    secrets: FakeSecrets, clock: Clock, directory: Path, published: list[bytes], *, fail: int = 0
+) -> certificates.Keeper:
+    failures = [fail]
+
+    async def publish(bundle: bytes) -> None:
+        if failures[0] > 0:
+            failures[0] -= 1
+            raise RuntimeError("apiserver unreachable")
+        published.append(bundle)
+
+    source = certificates.SelfSignedSource(
+        secrets,
+        FakeConfigurations(),
+        names=ACCOUNTANT_NAMES,
+        secret_name="hush-accountant-tls",
+    )
+    return certificates.Keeper(
+        source,
+        directory=directory,
+        clock=clock,
+        description="accountant",
+        record_expiry=None,
+        on_ca_bundle=publish,
+    )
+
+
+def _accountant_state(secrets: FakeSecrets) -> pure.ServingCertificates:
+    return pure.from_secret_data(secrets.objects[("hush-system", "hush-accountant-tls")]["data"])
+
+
+async def test_the_accountant_ca_is_published_once_and_leaf_renewals_keep_it(
+    tmp_path: Path,
+) -> None:
+    secrets, clock, published = FakeSecrets(), Clock(), []
+    keeper = _accountant_keeper(secrets, clock, tmp_path, published)
+    assert await keeper.sync()
+    created = _accountant_state(secrets)
+    assert published == [created.ca_bundle()]
+    assert keeper.ca_bundle() == created.ca_bundle()
+    leaf = x509.load_pem_x509_certificate(keeper.certificate_file.read_bytes())
+    assert pure.alternative_names_of(leaf) == ACCOUNTANT_NAMES.alternative_names()
+
+    assert not await keeper.sync()
+    clock.now = pure.leaf_renewal_time(created.certificate, pure.DEFAULT_LIFETIMES)
+    assert await keeper.sync()  # a new leaf is served ...
+    renewed = _accountant_state(secrets)
+    assert renewed.certificate != created.certificate
+    assert renewed.authority.certificate == created.authority.certificate
+    assert published == [created.ca_bundle()]  # ... and the sidecars' CA does not change
+
+
+async def test_a_rotated_accountant_ca_is_published_before_a_leaf_it_signed_is_served(
+    tmp_path: Path,
+) -> None:
+    secrets, clock, published = FakeSecrets(), Clock(), []
+    keeper = _accountant_keeper(secrets, clock, tmp_path, published)
+    await keeper.sync()
+    first = _accountant_state(secrets)
+    lifetimes = pure.DEFAULT_LIFETIMES
+    clock.now = first.authority.certificate.not_valid_after_utc - lifetimes.authority_rotate_before
+    served: list[bytes] = []
+    for _ in range(4):  # rotate-authority, renew-leaf, drop-retired, each an overlap apart
+        await keeper.sync()
+        assert keeper.served is not None
+        served.append(keeper.served.certificate)
+        leaf = x509.load_pem_x509_certificate(keeper.served.certificate)
+        # Whatever leaf is served, the last bundle the sidecars got verifies it.
+        assert any(
+            pure.is_issued_by(leaf, authority)
+            for authority in pure.load_certificates(published[-1])
+        )
+        clock.now += lifetimes.overlap + datetime.timedelta(minutes=1)
+    final = _accountant_state(secrets)
+    assert final.authority.certificate != first.authority.certificate
+    assert published[0] == first.ca_bundle()
+    assert published[-1] == final.ca_bundle()
+    assert len(published) == 3  # old, old+new, new
+
+
+async def test_a_failed_ca_publication_is_retried_and_leaves_the_round_unsettled(
+    tmp_path: Path,
+) -> None:
+    secrets, clock, published = FakeSecrets(), Clock(), []
+    keeper = _accountant_keeper(secrets, clock, tmp_path, published, fail=1)
+    assert await keeper.sync()  # the certificate is served even so
+    assert published == []
+    assert not keeper._settled  # so the keeper looks again soon
+    assert not await keeper.sync()
+    assert published == [_accountant_state(secrets).ca_bundle()]
+    assert keeper._settled
+
+
+async def test_the_accountant_keeper_leaves_the_webhook_expiry_gauge_alone(
+    tmp_path: Path,
+) -> None:
+    from hush.observability import metrics
+
+    metrics.WEBHOOK_CERTIFICATE_EXPIRY.set(42)
+    keeper = _accountant_keeper(FakeSecrets(), Clock(), tmp_path, [])
+    await keeper.sync()
+    assert metrics.WEBHOOK_CERTIFICATE_EXPIRY._value.get() == 42
+
+
+async def test_a_files_keeper_has_no_ca_bundle_to_publish(tmp_path: Path) -> None:
+    state = pure.create(ACCOUNTANT_NAMES, now=Clock()())
+    (tmp_path / "tls.crt").write_bytes(state.certificate_pem())
+    (tmp_path / "tls.key").write_bytes(state.key_pem())
+    keeper = certificates.build_accountant_keeper(
+        certificates.Options(
+            mode="cert-manager",
+            directory=tmp_path / "served",
+            certificate_file=tmp_path / "tls.crt",
+            key_file=tmp_path / "tls.key",
+        )
+    )
+    assert await keeper.sync()
+    assert keeper.ca_bundle() is None

@@ -20,7 +20,7 @@ import logging
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -31,6 +31,20 @@ from hush.kube import client
 logger = logging.getLogger(__name__)
 
 
+class TlsKeeper(Protocol):
+    """What keeps the accountant's serving certificate current (``hush.webhook.certificates
+    .Keeper``, built by ``hush operator``): ``start`` loads the first certificate into
+    ``ssl_context`` and reloads it in place when it is renewed, so new TLS connections get
+    the new leaf while open ones (and the charges on them) keep theirs."""
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Options:
     """How the operator serves the accountant (from ``hush operator`` flags)."""
@@ -39,6 +53,8 @@ class Options:
     host: str = "0.0.0.0"  # noqa: S104 - in a pod, the Service reaches it on the pod IP
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Preferred over tls_cert/tls_key (which are loaded once): the context it keeps.
+    tls_keeper: TlsKeeper | None = None
     audience: str = server.AUDIENCE
     leader_election: leadership.Settings | None = None  # None: always the active accountant
 
@@ -120,6 +136,10 @@ class Service:
             self.elector.start()
         if self.options.port is None:
             return
+        if self.options.tls_keeper is not None:
+            # The first certificate before listening; an error here fails the startup
+            # handler and kopf retries it.
+            await self.options.tls_keeper.start()
         accountant = self._accountant = server.Accountant(
             KubeCluster(), self.writers, audience=self.options.audience, is_leader=self.is_leader
         )
@@ -148,8 +168,12 @@ class Service:
         await self.writers.stop()
         if self.elector is not None:
             await self.elector.stop()
+        if self.options.tls_keeper is not None:
+            await self.options.tls_keeper.stop()
 
     def _ssl_context(self) -> ssl.SSLContext:
+        if self.options.tls_keeper is not None:
+            return self.options.tls_keeper.ssl_context
         if self.options.tls_cert is None or self.options.tls_key is None:
             raise ValueError("The accountant needs --accountant-tls-cert and --accountant-tls-key")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -13,6 +13,7 @@ from hush.cli import webhook_certificates
 
 if TYPE_CHECKING:
     from hush.accountant import leadership
+    from hush.webhook import certificates as webhook_certificates_module
     from hush.webhook import service as webhook_service
 
 
@@ -46,6 +47,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--accountant-host", default="0.0.0.0", help="Address to listen on.")  # noqa: S104
     parser.add_argument("--accountant-tls-cert", type=Path, default=None, metavar="PEM")
     parser.add_argument("--accountant-tls-key", type=Path, default=None, metavar="PEM")
+    add_accountant_certificate_arguments(parser)
     parser.add_argument(
         "--accountant-audience",
         default="hush-accountant",
@@ -134,6 +136,123 @@ def register(commands: Any) -> None:
     parser.set_defaults(handler=run)
 
 
+ACCOUNTANT_CERT_MODES = ("self-signed", "cert-manager", "files")
+DEFAULT_ACCOUNTANT_SERVICE = "hush-accountant"
+DEFAULT_ACCOUNTANT_SECRET = "hush-accountant-tls"  # noqa: S105 - a Secret's name
+
+
+def add_accountant_certificate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the accountant's serving certificate (docs/certificates.md)."""
+    group = parser.add_argument_group("accountant certificate")
+    group.add_argument(
+        "--accountant-certs",
+        choices=ACCOUNTANT_CERT_MODES,
+        default=None,
+        help="Where the accountant's serving certificate comes from. self-signed: the "
+        "operator keeps a CA and certificate in a Secret (--accountant-secret), renews them "
+        "and publishes the CA as ConfigMap hush-accountant-ca for sidecars; cert-manager or "
+        "files: --accountant-tls-cert/--accountant-tls-key (e.g. a mounted cert-manager "
+        "Secret). Every mode reloads a renewed certificate in place. Default: files when "
+        "--accountant-tls-cert is given, else self-signed.",
+    )
+    group.add_argument(
+        "--accountant-namespace",
+        default=None,
+        metavar="NAMESPACE",
+        help="Namespace of the accountant Service and its certificate Secret. Default: "
+        "$POD_NAMESPACE, else 'default'.",
+    )
+    group.add_argument(
+        "--accountant-service",
+        default=DEFAULT_ACCOUNTANT_SERVICE,
+        metavar="NAME",
+        help=f"The accountant Service the certificate is for (default: "
+        f"{DEFAULT_ACCOUNTANT_SERVICE}).",
+    )
+    group.add_argument(
+        "--accountant-secret",
+        default=DEFAULT_ACCOUNTANT_SECRET,
+        metavar="NAME",
+        help=f"Secret of the self-signed CA and certificate (default: "
+        f"{DEFAULT_ACCOUNTANT_SECRET}).",
+    )
+    group.add_argument(
+        "--accountant-cert-dns-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="Extra DNS name for the self-signed certificate (repeatable).",
+    )
+    group.add_argument(
+        "--accountant-cert-ip",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="IP address for the self-signed certificate (repeatable).",
+    )
+    group.add_argument(
+        "--accountant-cert-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="Writable directory for the certificate and key being served. Default: a "
+        "private temporary directory.",
+    )
+    group.add_argument(
+        "--accountant-cert-sync-interval",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="How often to check the certificate and its Secret or files (default: 120).",
+    )
+
+
+def accountant_certificate_options(
+    arguments: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> webhook_certificates_module.Options:
+    """The accountant certificate keeper's options; ``SystemExit`` names the flag to fix."""
+    from hush.admission import certificates as pure
+    from hush.webhook import certificates
+
+    given = arguments.accountant_tls_cert is not None or arguments.accountant_tls_key is not None
+    chosen = arguments.accountant_certs or ("files" if given else "self-signed")
+    mode = next(known for known in certificates.MODES if known == chosen)
+    if mode != "self-signed":
+        if arguments.accountant_tls_cert is None or arguments.accountant_tls_key is None:
+            raise SystemExit(
+                f"--accountant-certs={mode} needs --accountant-tls-cert and --accountant-tls-key"
+            )
+        return certificates.Options(
+            mode=mode,
+            directory=arguments.accountant_cert_dir,
+            interval=arguments.accountant_cert_sync_interval,
+            certificate_file=arguments.accountant_tls_cert,
+            key_file=arguments.accountant_tls_key,
+        )
+    if given:
+        raise SystemExit(
+            "--accountant-tls-cert/-key are for --accountant-certs=files or cert-manager"
+        )
+    namespace = arguments.accountant_namespace or environ.get("POD_NAMESPACE") or "default"
+    try:
+        names = pure.ServingNames(
+            service=arguments.accountant_service,
+            namespace=namespace,
+            extra_dns_names=tuple(arguments.accountant_cert_dns_name),
+            ip_addresses=tuple(arguments.accountant_cert_ip),
+        )
+        names.alternative_names()  # refuses a malformed --accountant-cert-ip now
+    except ValueError as error:
+        raise SystemExit(f"--accountant-cert-ip: {error}") from None
+    return certificates.Options(
+        mode="self-signed",
+        directory=arguments.accountant_cert_dir,
+        interval=arguments.accountant_cert_sync_interval,
+        names=names,
+        secret_name=arguments.accountant_secret,
+    )
+
+
 def leader_election_settings(
     arguments: argparse.Namespace, environ: Mapping[str, str], identity: str
 ) -> leadership.Settings | None:
@@ -199,13 +318,29 @@ def run(arguments: argparse.Namespace) -> int:
         gc_threshold = garbage_collection.gen0_threshold(os.environ)
     except ValueError as error:
         raise SystemExit(str(error)) from None
+    from hush.handlers import accountant_ca
+    from hush.webhook import certificates as webhook_certificates_keeper
+
     election = leader_election_settings(arguments, os.environ, leadership.default_identity())
+    keeper = None
+    # The operator publishes the CA for sidecars itself when it is the CA (self-signed),
+    # unless a --sidecar-ca-file says otherwise.
+    publishes_own_ca = False
+    if arguments.accountant_port is not None:
+        keeper_options = accountant_certificate_options(arguments)
+        publishes_own_ca = keeper_options.mode == "self-signed" and not arguments.sidecar_ca_file
+        try:
+            keeper = webhook_certificates_keeper.build_accountant_keeper(
+                keeper_options,
+                on_ca_bundle=accountant_ca.publish_everywhere if publishes_own_ca else None,
+            )
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
     service.configure(
         service.Options(
             port=arguments.accountant_port,
             host=arguments.accountant_host,
-            tls_cert=arguments.accountant_tls_cert,
-            tls_key=arguments.accountant_tls_key,
+            tls_keeper=keeper,
             audience=arguments.accountant_audience,
             leader_election=election,
         )
@@ -215,9 +350,10 @@ def run(arguments: argparse.Namespace) -> int:
 
     webhook_service.configure(webhook_options(arguments))
 
-    from hush.handlers import accountant_ca
-
-    accountant_ca.configure(arguments.sidecar_ca_file)
+    accountant_ca.configure(
+        arguments.sidecar_ca_file,
+        bundle=keeper.ca_bundle if keeper is not None and publishes_own_ca else None,
+    )
 
     from hush.controllers import audit as audit_controller
 

@@ -41,7 +41,7 @@ import os
 import shutil
 import ssl
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
@@ -347,6 +347,8 @@ class Keeper:
         interval: float = DEFAULT_INTERVAL_SECONDS,
         clock: Callable[[], datetime.datetime] = _utc_now,
         description: str = "webhook",
+        record_expiry: Callable[[float], None] | None = metrics.WEBHOOK_CERTIFICATE_EXPIRY.set,
+        on_ca_bundle: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("The certificate sync interval must be positive")
@@ -361,6 +363,12 @@ class Keeper:
         self.interval = interval
         self._clock = clock
         self._description = description
+        self._record_expiry = record_expiry
+        # Called with the CA bundle whenever it differs from the last one handed over
+        # successfully (self-signed only), e.g. to publish it for the accountant's clients.
+        # Called every round until it succeeds; its errors are logged, never fatal.
+        self._on_ca_bundle = on_ca_bundle
+        self._handed_bundle: bytes | None = None
         self._own_directory = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="hush-webhook-certs-"))
         self.ssl_context = new_server_context()
@@ -376,6 +384,13 @@ class Keeper:
     @property
     def key_file(self) -> Path:
         return self.directory / KEY_FILE
+
+    def ca_bundle(self) -> bytes | None:
+        """The CA bundle that verifies the served certificate, when this keeper is the CA
+        (self-signed); None for files, whose CA belongs to whoever made them."""
+        if isinstance(self.source, SelfSignedSource) and self.source.state is not None:
+            return self.source.state.ca_bundle()
+        return None
 
     def loaded_ssl_context(self) -> ssl.SSLContext:
         """The context to serve with; an error until the first certificate is loaded."""
@@ -409,10 +424,25 @@ class Keeper:
     async def _sync_locked(self) -> bool:
         fetched = await self.source.fetch(self._clock())
         self._settled = fetched.settled
+        # The bundle is handed over before a new leaf is loaded: a CA rotation adds the new
+        # CA to the bundle at least ``overlap`` before a leaf signed by it is served.
+        await self._hand_over_bundle()
         if fetched.pair == self.served:
             return False
         self._load(fetched.pair)
         return True
+
+    async def _hand_over_bundle(self) -> None:
+        bundle = self.ca_bundle()
+        if self._on_ca_bundle is None or bundle is None or bundle == self._handed_bundle:
+            return
+        try:
+            await self._on_ca_bundle(bundle)
+        except Exception as error:  # the next round tries again
+            logger.warning("Failed to publish the %s CA bundle: %s", self._description, error)
+            self._settled = False
+        else:
+            self._handed_bundle = bundle
 
     def _load(self, pair: KeyPair) -> None:
         leaf = certificates.check_key_pair(pair.certificate, pair.key)
@@ -425,7 +455,8 @@ class Keeper:
         new_server_context().load_cert_chain(self.certificate_file, self.key_file)
         self.ssl_context.load_cert_chain(self.certificate_file, self.key_file)
         self.served = pair
-        metrics.WEBHOOK_CERTIFICATE_EXPIRY.set(leaf.not_valid_after_utc.timestamp())
+        if self._record_expiry is not None:
+            self._record_expiry(leaf.not_valid_after_utc.timestamp())
         logger.info(
             "Loaded the %s serving certificate (%s)",
             self._description,
@@ -506,3 +537,48 @@ def configure(options: Options) -> Keeper:
 def current() -> Keeper | None:
     """The process's keeper, or None when the operator serves no webhooks."""
     return _keeper
+
+
+# -- the accountant's serving certificate ---------------------------------------------------
+
+DEFAULT_ACCOUNTANT_SECRET_NAME: Final = "hush-accountant-tls"  # noqa: S105 - a name
+
+
+def build_accountant_keeper(
+    options: Options,
+    *,
+    on_ca_bundle: Callable[[bytes], Awaitable[None]] | None = None,
+) -> Keeper:
+    """The keeper of the accountant's serving certificate: the same mechanism as the
+    webhooks' (``self-signed``: a CA and leaf in ``options.secret_name``, renewed and
+    rotated by the same rules; ``cert-manager``/``files``: mounted files reloaded when they
+    change), but with no webhook configuration to publish into. Its clients are sidecars,
+    which trust the CA through ConfigMap ``hush-accountant-ca``: ``on_ca_bundle`` is how
+    the operator publishes it (``hush.handlers.accountant_ca``)."""
+    source: Source
+    if options.mode == "self-signed":
+        if options.names is None:
+            raise ValueError("Self-signed accountant certificates need the accountant Service")
+        source = SelfSignedSource(
+            KubeSecretStore(),
+            KubeWebhookConfigurationStore(),
+            names=options.names,
+            secret_name=options.secret_name,
+            webhook_configurations=(),
+            lifetimes=options.lifetimes,
+        )
+    else:
+        if options.certificate_file is None or options.key_file is None:
+            raise ValueError(
+                f"--accountant-certs={options.mode} needs --accountant-tls-cert and "
+                "--accountant-tls-key"
+            )
+        source = FileSource(options.certificate_file, options.key_file)
+    return Keeper(
+        source,
+        directory=options.directory,
+        interval=options.interval,
+        description="accountant",
+        record_expiry=None,
+        on_ca_bundle=on_ca_bundle,
+    )
