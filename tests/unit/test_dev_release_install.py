@@ -78,11 +78,26 @@ def test_the_chart_renders_what_the_install_expects(tmp_path: Path, release: str
     # The URL the e2e expects in the injected sidecar is the chart's.
     url = release_install.accountant_url(release, release_install.NAMESPACE)
     assert f"--sidecar-accountant-url={url}" in arguments
-    volumes = {volume["name"]: volume for volume in pod["volumes"]}
-    secrets = {v.get("secret", {}).get("secretName") for v in volumes.values()}
-    assert release_install.accountant_secret(release) in secrets
+    secret = release_install.accountant_secret(release)
+    chart_values = yaml.safe_load((REPO_ROOT / "charts" / "hush" / "values.yaml").read_text())
+    if release_install.operator_makes_accountant_certificate(chart_values):
+        # The operator keeps the Secret the install leaves alone.
+        assert f"--accountant-secret={secret}" in arguments
+    else:
+        # The operator reads the Secret the install made.
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        assert secret in {v.get("secret", {}).get("secretName") for v in volumes.values()}
     services = {d["metadata"]["name"] for d in documents if d["kind"] == "Service"}
     assert release_install.accountant_service(release) in services
+
+
+def test_a_chart_with_accountant_certificates_has_the_operator_make_the_secret() -> None:
+    managed = {"accountant": {"tlsSecretName": "x", "certificates": {"mode": "self-signed"}}}
+    assert release_install.operator_makes_accountant_certificate(managed)
+    assert not release_install.operator_makes_accountant_certificate(
+        {"accountant": {"tlsSecretName": "x"}}
+    )
+    assert not release_install.operator_makes_accountant_certificate({})
 
 
 def test_the_accountant_secret_is_a_leaf_for_the_service_names_signed_by_its_ca() -> None:

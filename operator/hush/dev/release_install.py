@@ -8,11 +8,12 @@ operator and every injected sidecar run the reviewed digest, invariant 6), two o
 replicas, sidecar injection on, the webhooks reached through their Service (no
 ``webhook.url``), pods pinned to the real node.
 
-The accountant's serving certificate: the chart does not manage it yet (``values.yaml``,
-``accountant.tlsSecretName``: "create it"), so this module makes the documented Secret once,
-``<fullname>-accountant-tls`` of type ``kubernetes.io/tls`` with ``ca.crt`` (a private CA and
-a leaf for ``<fullname>-accountant.<namespace>.svc`` and its ``cluster.local`` form); an
-existing Secret is kept, as ``hack/e2e-kind.sh`` does.
+The accountant's serving certificate: a chart with ``accountant.certificates`` has the
+operator make and renew it (self-signed, the default), so nothing is made here. A chart
+without it says "create it" (``accountant.tlsSecretName``): then this module makes the
+documented Secret once, ``<fullname>-accountant-tls`` of type ``kubernetes.io/tls`` with
+``ca.crt`` (a private CA and a leaf for ``<fullname>-accountant.<namespace>.svc`` and its
+``cluster.local`` form); an existing Secret is kept, as ``hack/e2e-kind.sh`` does.
 
 CRDs that exist already (``hush dev up`` may have applied them) are adopted by the release
 (Helm's ownership label and annotations), as docs/operating.md describes for upgrades.
@@ -121,6 +122,16 @@ def values(*, image: str, release: str, replicas: int = REPLICAS) -> dict[str, A
         "webhook": {"injection": {"enabled": True}},
         "admissionPolicies": {"enforcementLabelGroups": list(ENFORCEMENT_LABEL_GROUPS)},
     }
+
+
+def operator_makes_accountant_certificate(chart_values: Mapping[str, Any]) -> bool:
+    """Whether this chart has the operator (or cert-manager) make the accountant's Secret.
+
+    Charts with ``accountant.certificates`` do (the default mode is self-signed, kept by the
+    operator; a hand-made Secret would lack the CA key it keeps there); older charts need the
+    Secret made beforehand (``accountant_tls_secret``)."""
+    accountant = chart_values.get("accountant") or {}
+    return isinstance(accountant, Mapping) and "certificates" in accountant
 
 
 def accountant_tls_secret(
@@ -248,11 +259,14 @@ def install(
     }
     tools.run("kubectl", ["apply", "--filename=-"], stdin=json.dumps(namespace_manifest))
     secret = accountant_secret(release)
+    chart = binaries.repository_root() / "charts" / "hush"
     present = tools.run(
         "kubectl",
         ["get", "secret", f"--namespace={namespace}", "--ignore-not-found", "--output=name"],
     )
-    if f"secret/{secret}" not in present.split():
+    if operator_makes_accountant_certificate(yaml.safe_load((chart / "values.yaml").read_text())):
+        logger.info("The operator makes the accountant's certificate (Secret %s)", secret)
+    elif f"secret/{secret}" not in present.split():
         manifest = accountant_tls_secret(
             release=release, namespace=namespace, now=datetime.datetime.now(datetime.UTC)
         )
@@ -264,7 +278,6 @@ def install(
     values_file.write_text(
         yaml.safe_dump(values(image=image, release=release, replicas=replicas), sort_keys=False)
     )
-    chart = binaries.repository_root() / "charts" / "hush"
     logger.info("Installing %s into %s with %s", chart, namespace, image)
     tools.run(
         "helm",
