@@ -138,7 +138,8 @@ def test_the_operator_issues_publishes_and_rotates_without_losing_a_charge(
         timeout=60,
         description="ConfigMap hush-accountant-ca in the policy's namespace",
     )
-    assert found is not None and published_or_none is not None  # wait_for returned truthy
+    assert found is not None  # wait_for returns what was truthy
+    assert published_or_none is not None
     first, published = found, published_or_none
     assert published.encode() == first.ca_bundle()
     names = pure.ServingNames(
