@@ -4,7 +4,8 @@ The operator runs as a host process with its webhooks registered (URL client con
 the ValidatingAdmissionPolicies installed, as the chart would: unlabelled workloads refused
 in ``enforce`` and warned about in ``warn``, tag-only images refused for ``confidential``,
 a missing policy refused by the webhook, injected pods from the real ReplicaSet controller,
-``kubectl exec`` into a ``restricted`` pod refused, server-side dry-run working, and
+``kubectl exec`` and ``kubectl port-forward`` into a ``restricted`` pod refused (port-forward
+with break-glass recorded in an Event), server-side dry-run working, and
 kube-system untouched while the operator is down.
 """
 
@@ -302,3 +303,95 @@ def test_kube_system_is_untouched_with_the_operator_stopped(
         message = json.loads(refused.value.body)["message"]
         assert "has no hush-sidecar" in message
         assert "refused rather than started without noise" in message
+
+
+def _port_forward(
+    kubectl: Path, kubeconfig: Path, namespace: str, pod: str, *identity: str
+) -> tuple[bool, str]:
+    """``kubectl port-forward`` for a few seconds: (exited by itself, what it printed).
+
+    Admission answers the CONNECT before the apiserver dials the kubelet. A refusal ends
+    kubectl at once; past admission, a kwok node has no kubelet to forward to, so kubectl
+    either fails later with a dial error or keeps waiting — never "denied the request".
+    """
+    process = subprocess.Popen(
+        [str(kubectl), f"--kubeconfig={kubeconfig}", *identity, "-n", namespace,
+         "port-forward", f"pod/{pod}", "--address=127.0.0.1", ":8080"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "KUBECTL_COLOR": "false"},
+    )  # fmt: skip
+    try:
+        out, err = process.communicate(timeout=8)
+        return True, out + err
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        return False, out + err
+
+
+def _running_pod(
+    kubectl: Path, kubeconfig: Path, api_client: client.ApiClient, namespace: str, name: str,
+    sensitivity: str,
+) -> None:  # fmt: skip
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": _marked(sensitivity),
+            "annotations": {"hush.dev/policy": "survey"},
+        },
+        "spec": {"containers": [{"name": "app", "image": PINNED,
+                                 "ports": [{"name": "http", "containerPort": 8080}]}]},
+    }  # fmt: skip
+    created = _apply(kubectl, kubeconfig, namespace, pod)
+    assert created.returncode == 0, created.stderr
+    core = client.CoreV1Api(api_client)
+    waiting.wait_for(  # kubectl port-forward asks the pod to be Running first
+        lambda: core.read_namespaced_pod(name, namespace).status.phase == "Running",
+        timeout=60,
+        description=f"pod {name} running",
+    )
+
+
+def test_port_forward_into_a_restricted_pod_is_refused_by_admission(
+    hush_installed: dict[str, Any], enforced: Callable[[str], str], kubectl: Path,
+    kubeconfig: Path, api_client: client.ApiClient,
+) -> None:  # fmt: skip
+    namespace = enforced("enforce")
+    _ready_policy(api_client, namespace)
+    _running_pod(kubectl, kubeconfig, api_client, namespace, "vault", "restricted")
+    _running_pod(kubectl, kubeconfig, api_client, namespace, "open", "internal")
+
+    ended, output = _port_forward(kubectl, kubeconfig, namespace, "vault")
+    assert ended, output
+    assert "denied the request" in output
+    assert "may not port-forward to a pod labelled hush.dev/sensitivity=restricted" in output
+    assert "hush:break-glass" in output
+    assert "query it through its Service" in output
+
+    # Not restricted: admission lets it through (the kwok node then has no kubelet).
+    _, output = _port_forward(kubectl, kubeconfig, namespace, "open")
+    assert "denied the request" not in output
+    assert "hush.dev/sensitivity" not in output
+
+    # Break-glass: let through by admission and recorded in an Event on the pod.
+    _, output = _port_forward(
+        kubectl, kubeconfig, namespace, "vault",
+        "--as=oncall", f"--as-group={ADMINS}", "--as-group=hush:break-glass",
+    )  # fmt: skip
+    assert "denied the request" not in output
+
+    def recorded() -> Any:
+        events = client.CoreV1Api(api_client).list_namespaced_event(
+            namespace, field_selector="involvedObject.name=vault"
+        )
+        return [
+            event
+            for event in events.items
+            if event.reason == validation.BREAK_GLASS_EVENT_REASON
+            and "port-forward to" in event.message
+        ] or None
+
+    (event,) = waiting.wait_for(recorded, timeout=30, description="the break-glass Event")
+    assert "User oncall used break-glass group hush:break-glass" in event.message

@@ -342,7 +342,7 @@ def test_the_operator_may_change_only_the_rollout_annotation_of_a_workload() -> 
         "? dyn(object.spec.template.metadata.annotations) : dyn({})"
     )
     assert all(
-        "may change only the pod template's annotation hush.dev/policy-rollout"
+        "may change only the pod template\\'s annotation hush.dev/policy-rollout"
         in check["messageExpression"]
         for check in checks
     )

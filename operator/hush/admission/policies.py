@@ -742,10 +742,12 @@ def build_operator_workloads_policy(settings: PolicySettings) -> Manifest:
         {
             "expression": _same_except(f"variables.{new}", f"variables.{old}", ignored),
             "messageExpression": (
-                "object.kind + ' ' + request.namespace + '/' + request.name + ': the Hush "
-                f"operator ({operator}) may change only the pod template's annotation "
-                f"{ROLLOUT_ANNOTATION}, and this write changes its {part} (least privilege: "
-                "rollouts never change what a workload runs)'"
+                "object.kind + ' ' + request.namespace + '/' + request.name + "
+                + _cel_string(
+                    f": the Hush operator ({operator}) may change only the pod template's "
+                    f"annotation {ROLLOUT_ANNOTATION}, and this write changes its {part} "
+                    "(least privilege: rollouts never change what a workload runs)"
+                )
             ),
             "reason": "Forbidden",
         }
