@@ -157,7 +157,10 @@ def _value_keys(node: Any, prefix: str = "") -> Iterator[str]:
 
 
 # Maps whose keys are Kubernetes fields or user data, documented by their parent's comment.
-FREE_FORM = ("operator.resources.", "monitoring.grafanaDashboard.labels.")
+FREE_FORM = (
+    "operator.resources.",
+    "monitoring.grafanaDashboard.labels.",
+)
 
 
 def test_every_value_is_commented() -> None:
@@ -655,6 +658,79 @@ def test_config_maps_only_by_the_ca_name_and_create_is_guarded_by_a_policy(helm:
     }
     assert bindings["hush-operator-config-maps"]["spec"]["validationActions"] == ["Deny"]
     assert bindings["hush-operator-workloads"]["spec"]["validationActions"] == ["Deny"]
+
+
+# -- the operator's NetworkPolicy ---------------------------------------------------------------
+
+
+def _ingress_ports(policy: Document) -> list[tuple[str, ...]]:
+    return [tuple(port["port"] for port in rule["ports"]) for rule in policy["spec"]["ingress"]]
+
+
+def test_a_network_policy_admits_only_the_webhook_accountant_and_metrics_ports(
+    helm: Path,
+) -> None:
+    documents = render(helm)
+    policy = one(documents, "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == NAMESPACE
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    # The operator's pods, exactly as the Deployment labels them.
+    deployment = one(documents, "Deployment")
+    template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector == deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= template_labels.items()
+    assert _ingress_ports(policy) == [("webhook",), ("accountant",), ("metrics",)]
+    # Each named port is one the operator's container declares (the health port is not open:
+    # the kubelet probes from the node, which NetworkPolicies do not block).
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    declared = {port["name"] for port in container["ports"]}
+    assert {"webhook", "accountant", "metrics"} <= declared
+    webhook, accountant, metrics = policy["spec"]["ingress"]
+    assert "from" not in webhook  # the apiserver, from wherever it runs
+    assert "from" not in accountant  # sidecars in every namespace, authenticated by token
+    assert metrics["from"] == [
+        {
+            "namespaceSelector": {
+                "matchExpressions": [
+                    {
+                        "key": "kubernetes.io/metadata.name",
+                        "operator": "In",
+                        "values": ["monitoring"],
+                    }
+                ]
+            }
+        }
+    ]
+    assert all(
+        port["protocol"] == "TCP" for rule in policy["spec"]["ingress"] for port in rule["ports"]
+    )
+
+
+def test_the_metrics_namespaces_are_configurable_and_the_policy_switchable(helm: Path) -> None:
+    selector = {"matchLabels": {"team": "observability"}}
+    policy = one(
+        render(
+            helm, json_values=(f"networkPolicy.metrics.namespaceSelector={json.dumps(selector)}",)
+        ),
+        "NetworkPolicy",
+    )
+    # The selector replaces the default names rather than merging with them.
+    assert policy["spec"]["ingress"][-1]["from"] == [{"namespaceSelector": selector}]
+    named = one(
+        render(helm, json_values=('networkPolicy.metrics.namespaces=["prom","obs"]',)),
+        "NetworkPolicy",
+    )
+    (expression,) = named["spec"]["ingress"][-1]["from"][0]["namespaceSelector"]["matchExpressions"]
+    assert expression["values"] == ["prom", "obs"]
+    everyone = one(
+        render(helm, json_values=("networkPolicy.metrics.namespaceSelector={}",)), "NetworkPolicy"
+    )
+    assert everyone["spec"]["ingress"][-1]["from"] == [{"namespaceSelector": {}}]
+    assert kinds(render(helm, "networkPolicy.enabled=false"), "NetworkPolicy") == []
+    # Ports that are not served are not opened.
+    narrow = one(render(helm, "metrics.enabled=false", "accountant.enabled=false"), "NetworkPolicy")
+    assert _ingress_ports(narrow) == [("webhook",)]
 
 
 def test_only_the_operators_service_account_is_bound_so_sidecars_get_nothing(
