@@ -180,7 +180,6 @@ class Installed:
     log: Path
     accountant_url: str
     metrics_url: str
-    cert: Path
     uninstalled: bool = False
 
     def operator_log(self) -> str:
@@ -266,19 +265,20 @@ def installed(
             timeout=60,
             description="the chart's operator pod",
         )[0]
-        cert, key = operator_process.write_serving_certificate(directory)
+        # No certificate by hand: the chart's self-signed mode, the operator keeps the
+        # accountant's CA and leaf in accountant.tlsSecretName (also valid for the loopback
+        # address the host process listens on) and publishes the CA for sidecars.
         arguments = _host_arguments(
             container.args,
             {
                 "--accountant-host": "127.0.0.1",
                 "--accountant-port": str(accountant_port),
-                "--accountant-tls-cert": str(cert),
-                "--accountant-tls-key": str(key),
+                "--accountant-cert-ip": "127.0.0.1",
+                "--accountant-cert-dir": str(directory / "accountant-certs"),
                 "--webhook-host": "127.0.0.1",
                 "--webhook-port": str(webhook_port),
                 "--webhook-cert-dir": str(directory / "webhook-certs"),
                 "--metrics-port": str(metrics_port),
-                "--sidecar-ca-file": str(cert),
             },
         )
         operator_kubeconfig = _service_account_kubeconfig(
@@ -304,7 +304,6 @@ def installed(
                 log=log,
                 accountant_url=f"https://127.0.0.1:{accountant_port}",
                 metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
-                cert=cert,
             )
     finally:
         helm("uninstall", release, f"--namespace={release_namespace}", "--ignore-not-found",
@@ -421,7 +420,7 @@ def _create_pod_through_the_injector(
 
 
 def _charge(
-    installed: Installed, token: str, request_id: str, policy_hash: str
+    installed: Installed, token: str, request_id: str, policy_hash: str, ca: str
 ) -> tuple[int, dict[str, Any]]:
     body = spending.charge_body(request_id, POLICY, policy_hash)
     request = urllib.request.Request(  # noqa: S310 - a fixed https URL on loopback
@@ -430,7 +429,7 @@ def _charge(
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         method="POST",
     )
-    context = ssl.create_default_context(cafile=str(installed.cert))
+    context = ssl.create_default_context(cadata=ca)  # what the sidecar mounts
     try:
         with urllib.request.urlopen(request, timeout=30, context=context) as reply:  # noqa: S310
             return int(reply.status), json.loads(reply.read())
@@ -482,7 +481,18 @@ def test_budgets_injection_charges_and_rollouts_work_under_the_charts_rbac(
             )
         ),
     ).status.token
-    status, answer = _charge(installed, token, "chart-1", policy["status"]["policyHash"])
+    # The CA the operator published for the sidecars of this namespace: the one it keeps in
+    # the chart's accountant Secret.
+    published = waiting.wait_for(
+        lambda: (
+            core.read_namespaced_config_map(mutation.ACCOUNTANT_CA_CONFIG_MAP, namespace).data or {}
+        ).get("ca.crt"),
+        timeout=60,
+        description="the accountant's CA published in the workloads' namespace",
+    )
+    secret = core.read_namespaced_secret("hush-accountant-tls", installed.namespace)
+    assert base64.b64decode(secret.data["ca.crt"]).decode() == published
+    status, answer = _charge(installed, token, "chart-1", policy["status"]["policyHash"], published)
     assert status == 200, answer
     ledger = spending.ledger(api_client, namespace, POLICY)
     assert [entry.request_id for entry in ledger.entries] == ["chart-1"]
