@@ -718,11 +718,25 @@ def test_cert_manager_chart_issues_for_the_same_names_and_injects_the_ca(helm: P
     issuer = _one(documents, "Issuer", certificate["spec"]["issuerRef"]["name"])
     ca = _one(documents, "Certificate", issuer["spec"]["ca"]["secretName"])
     assert ca["spec"]["isCA"]
-    # No API access to Secrets or webhook configurations: cert-manager does it.
-    rules = [rule for d in documents if d["kind"] in ("Role", "ClusterRole") for rule in d["rules"]]
-    for rule in rules:
-        assert "secrets" not in rule["resources"], rule
-        assert "validatingwebhookconfigurations" not in rule["resources"], rule
+    # No API access to Secrets or webhook configurations for the webhooks: cert-manager does
+    # it. (The accountant's certificate is still the operator's here: its own Role.)
+    roles = [d for d in documents if d["kind"] in ("Role", "ClusterRole")]
+    for role in roles:
+        for rule in role["rules"]:
+            assert "validatingwebhookconfigurations" not in rule["resources"], rule
+            if "secrets" in rule["resources"]:
+                assert role["metadata"]["name"] == "hush-accountant-certificates", rule
+    # With the accountant's from cert-manager too, no Secret access at all.
+    both = _render(
+        helm,
+        "hush",
+        namespace,
+        "webhook.certificates.mode=cert-manager",
+        "accountant.certificates.mode=cert-manager",
+    )
+    for role in (d for d in both if d["kind"] in ("Role", "ClusterRole")):
+        for rule in role["rules"]:
+            assert "secrets" not in rule["resources"], rule
 
     given = _render(
         helm,

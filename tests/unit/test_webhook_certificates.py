@@ -369,14 +369,10 @@ def _accountant_keeper(
         FakeConfigurations(),
         names=ACCOUNTANT_NAMES,
         secret_name="hush-accountant-tls",
+        on_ca_bundle=publish,
     )
     return certificates.Keeper(
-        source,
-        directory=directory,
-        clock=clock,
-        description="accountant",
-        record_expiry=None,
-        on_ca_bundle=publish,
+        source, directory=directory, clock=clock, description="accountant", record_expiry=None
     )
 
 
@@ -431,6 +427,47 @@ async def test_a_rotated_accountant_ca_is_published_before_a_leaf_it_signed_is_s
     assert published[0] == first.ca_bundle()
     assert published[-1] == final.ca_bundle()
     assert len(published) == 3  # old, old+new, new
+
+
+async def test_while_the_new_ca_cannot_be_published_the_leaf_stays_on_the_old_ca(
+    tmp_path: Path,
+) -> None:
+    secrets, clock, published = FakeSecrets(), Clock(), []
+    broken = [False]
+
+    async def publish(bundle: bytes) -> None:
+        if broken[0]:
+            raise RuntimeError("apiserver unreachable")
+        published.append(bundle)
+
+    source = certificates.SelfSignedSource(
+        secrets,
+        FakeConfigurations(),
+        names=ACCOUNTANT_NAMES,
+        secret_name="hush-accountant-tls",
+        on_ca_bundle=publish,
+    )
+    keeper = certificates.Keeper(source, directory=tmp_path, clock=clock, record_expiry=None)
+    await keeper.sync()
+    first = _accountant_state(secrets)
+    lifetimes = pure.DEFAULT_LIFETIMES
+    clock.now = first.authority.certificate.not_valid_after_utc - lifetimes.authority_rotate_before
+    broken[0] = True
+    for _ in range(3):  # a new CA signs from now on, but the sidecars never got it
+        await keeper.sync()
+        clock.now += lifetimes.overlap + datetime.timedelta(minutes=1)
+    assert keeper.served is not None
+    leaf = x509.load_pem_x509_certificate(keeper.served.certificate)
+    assert pure.is_issued_by(leaf, first.authority.certificate)
+    assert published == [first.ca_bundle()]
+    broken[0] = False
+    await keeper.sync()  # published now; the leaf moves an overlap later
+    assert len(published) == 2
+    clock.now += lifetimes.overlap + datetime.timedelta(minutes=1)
+    await keeper.sync()
+    assert keeper.served is not None
+    leaf = x509.load_pem_x509_certificate(keeper.served.certificate)
+    assert not pure.is_issued_by(leaf, first.authority.certificate)
 
 
 async def test_a_failed_ca_publication_is_retried_and_leaves_the_round_unsettled(

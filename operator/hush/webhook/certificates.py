@@ -183,6 +183,7 @@ class SelfSignedSource:
         secret_namespace: str | None = None,
         webhook_configurations: Sequence[WebhookConfigurationRef] = (),
         lifetimes: certificates.Lifetimes = certificates.DEFAULT_LIFETIMES,
+        on_ca_bundle: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
         self._secrets = secrets
         self._configurations = configurations
@@ -193,6 +194,11 @@ class SelfSignedSource:
         self.lifetimes = lifetimes
         self.state: certificates.ServingCertificates | None = None  # as last fetched
         self._missing_reported: set[WebhookConfigurationRef] = set()
+        # Where else the bundle goes (the accountant's clients: hush.handlers.accountant_ca),
+        # called whenever it differs from the last one handed over successfully. Part of
+        # "published": a CA rotation does not move the leaf to the new CA until it succeeded.
+        self._on_ca_bundle = on_ca_bundle
+        self._handed_bundle: bytes | None = None
 
     @property
     def secret(self) -> str:
@@ -261,7 +267,8 @@ class SelfSignedSource:
             return None
 
     async def publish(self, bundle: bytes) -> bool:
-        """Put ``bundle`` into every webhook configuration; True when all of them have it."""
+        """Put ``bundle`` into every webhook configuration (and hand it to ``on_ca_bundle``);
+        True when all of them have it."""
         complete = True
         for reference in self.webhook_configurations:
             try:
@@ -269,6 +276,14 @@ class SelfSignedSource:
             except Exception as error:  # the next round tries again; the others still get it
                 logger.warning("Failed to update the caBundle of %s: %s", reference, error)
                 complete = False
+        if self._on_ca_bundle is not None and bundle != self._handed_bundle:
+            try:
+                await self._on_ca_bundle(bundle)
+            except Exception as error:  # the next round tries again
+                logger.warning("Failed to publish the CA bundle of %s: %s", self.secret, error)
+                complete = False
+            else:
+                self._handed_bundle = bundle
         return complete
 
     async def _publish_one(self, reference: WebhookConfigurationRef, bundle: bytes) -> bool:
@@ -348,7 +363,6 @@ class Keeper:
         clock: Callable[[], datetime.datetime] = _utc_now,
         description: str = "webhook",
         record_expiry: Callable[[float], None] | None = metrics.WEBHOOK_CERTIFICATE_EXPIRY.set,
-        on_ca_bundle: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("The certificate sync interval must be positive")
@@ -364,11 +378,6 @@ class Keeper:
         self._clock = clock
         self._description = description
         self._record_expiry = record_expiry
-        # Called with the CA bundle whenever it differs from the last one handed over
-        # successfully (self-signed only), e.g. to publish it for the accountant's clients.
-        # Called every round until it succeeds; its errors are logged, never fatal.
-        self._on_ca_bundle = on_ca_bundle
-        self._handed_bundle: bytes | None = None
         self._own_directory = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="hush-webhook-certs-"))
         self.ssl_context = new_server_context()
@@ -424,25 +433,10 @@ class Keeper:
     async def _sync_locked(self) -> bool:
         fetched = await self.source.fetch(self._clock())
         self._settled = fetched.settled
-        # The bundle is handed over before a new leaf is loaded: a CA rotation adds the new
-        # CA to the bundle at least ``overlap`` before a leaf signed by it is served.
-        await self._hand_over_bundle()
         if fetched.pair == self.served:
             return False
         self._load(fetched.pair)
         return True
-
-    async def _hand_over_bundle(self) -> None:
-        bundle = self.ca_bundle()
-        if self._on_ca_bundle is None or bundle is None or bundle == self._handed_bundle:
-            return
-        try:
-            await self._on_ca_bundle(bundle)
-        except Exception as error:  # the next round tries again
-            logger.warning("Failed to publish the %s CA bundle: %s", self._description, error)
-            self._settled = False
-        else:
-            self._handed_bundle = bundle
 
     def _load(self, pair: KeyPair) -> None:
         leaf = certificates.check_key_pair(pair.certificate, pair.key)
@@ -566,6 +560,9 @@ def build_accountant_keeper(
             secret_name=options.secret_name,
             webhook_configurations=(),
             lifetimes=options.lifetimes,
+            # Published before any decision relies on it (the source's round), so a leaf
+            # from a rotated CA is served only after the sidecars' ConfigMaps carry that CA.
+            on_ca_bundle=on_ca_bundle,
         )
     else:
         if options.certificate_file is None or options.key_file is None:
@@ -580,5 +577,4 @@ def build_accountant_keeper(
         interval=options.interval,
         description="accountant",
         record_expiry=None,
-        on_ca_bundle=on_ca_bundle,
     )
