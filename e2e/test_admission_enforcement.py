@@ -266,45 +266,6 @@ def test_exec_into_a_restricted_pod_is_refused_by_admission(
     assert "ephemeral container" in debug.stderr
 
 
-def test_kube_system_is_untouched_with_the_operator_stopped(
-    api_client: client.ApiClient, kubeconfig: Path, tmp_path: Path, namespace: str
-) -> None:
-    """Webhooks registered, VAPs installed, operator down: kube-system still admits pods;
-    elsewhere plain pods are admitted and only pods that asked for injection are refused."""
-    token = secrets.token_hex(3)
-    settings = policies.PolicySettings(
-        name_prefix=f"hush-e2e-down-{token}",
-        hush_namespace=webhook_setup.HUSH_NAMESPACE,
-        operator_service_account="hush-operator",
-    )
-    dead_url = f"https://127.0.0.1:{operator_process.free_port()}"  # nobody listens
-    cert, _ = operator_process.write_serving_certificate(tmp_path)
-    with (
-        webhook_setup.installed_policies(api_client, policies.all_manifests(settings)),
-        webhook_setup.registered_webhooks(api_client, url=dead_url, ca_pem=cert.read_bytes()),
-    ):
-        name = f"hush-e2e-untouched-{token}"
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "annotations": {"hush.dev/policy": "anything"}},
-            "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
-        }
-        core = client.CoreV1Api(api_client)
-        created = core.create_namespaced_pod("kube-system", pod)
-        try:
-            assert not created.spec.init_containers
-        finally:
-            core.delete_namespaced_pod(name, "kube-system", grace_period_seconds=0)
-        plain = {**pod, "metadata": {"name": "plain"}}
-        assert core.create_namespaced_pod(namespace, plain).metadata.name == "plain"
-        with pytest.raises(ApiException) as refused:
-            core.create_namespaced_pod(namespace, pod)
-        message = json.loads(refused.value.body)["message"]
-        assert "has no hush-sidecar" in message
-        assert "refused rather than started without noise" in message
-
-
 def _port_forward(
     kubectl: Path, kubeconfig: Path, namespace: str, pod: str, *identity: str
 ) -> tuple[bool, str]:
@@ -395,3 +356,42 @@ def test_port_forward_into_a_restricted_pod_is_refused_by_admission(
 
     (event,) = waiting.wait_for(recorded, timeout=30, description="the break-glass Event")
     assert "User oncall used break-glass group hush:break-glass" in event.message
+
+
+def test_kube_system_is_untouched_with_the_operator_stopped(
+    api_client: client.ApiClient, kubeconfig: Path, tmp_path: Path, namespace: str
+) -> None:
+    """Webhooks registered, VAPs installed, operator down: kube-system still admits pods;
+    elsewhere plain pods are admitted and only pods that asked for injection are refused."""
+    token = secrets.token_hex(3)
+    settings = policies.PolicySettings(
+        name_prefix=f"hush-e2e-down-{token}",
+        hush_namespace=webhook_setup.HUSH_NAMESPACE,
+        operator_service_account="hush-operator",
+    )
+    dead_url = f"https://127.0.0.1:{operator_process.free_port()}"  # nobody listens
+    cert, _ = operator_process.write_serving_certificate(tmp_path)
+    with (
+        webhook_setup.installed_policies(api_client, policies.all_manifests(settings)),
+        webhook_setup.registered_webhooks(api_client, url=dead_url, ca_pem=cert.read_bytes()),
+    ):
+        name = f"hush-e2e-untouched-{token}"
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "annotations": {"hush.dev/policy": "anything"}},
+            "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+        }
+        core = client.CoreV1Api(api_client)
+        created = core.create_namespaced_pod("kube-system", pod)
+        try:
+            assert not created.spec.init_containers
+        finally:
+            core.delete_namespaced_pod(name, "kube-system", grace_period_seconds=0)
+        plain = {**pod, "metadata": {"name": "plain"}}
+        assert core.create_namespaced_pod(namespace, plain).metadata.name == "plain"
+        with pytest.raises(ApiException) as refused:
+            core.create_namespaced_pod(namespace, pod)
+        message = json.loads(refused.value.body)["message"]
+        assert "has no hush-sidecar" in message
+        assert "refused rather than started without noise" in message
