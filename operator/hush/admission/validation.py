@@ -586,7 +586,7 @@ def all_violations(
     ]
 
 
-# -- exec, attach and ephemeral containers on restricted pods -------------------------------
+# -- exec, attach, port-forward and ephemeral containers on restricted pods ----------------
 
 PodSubresource = Literal["exec", "attach", "portforward", "ephemeralcontainers"]
 POD_SUBRESOURCES: Final[tuple[PodSubresource, ...]] = get_args(PodSubresource)
