@@ -10,21 +10,14 @@ that carries a mechanism, epsilon, delta, sensitivity or scale is malformed (``e
 from __future__ import annotations
 
 import pydantic
-from pydantic import alias_generators
 
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+from hush.api import spending
 
-
-class _Message(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(
-        alias_generator=alias_generators.to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-    )
+# One message base and one request-id rule for the charge and the lease protocols.
+REQUEST_ID_PATTERN = spending.REQUEST_ID_PATTERN
 
 
-class SpendRequest(_Message):
+class SpendRequest(spending.Message):
     """Charge one release of a policy's route; the cost is the route's, read from the policy."""
 
     request_id: str = pydantic.Field(pattern=REQUEST_ID_PATTERN)
@@ -37,7 +30,7 @@ class SpendRequest(_Message):
     )
 
 
-class Answer(_Message):
+class Answer(spending.Message):
     """Every response body: the outcome code, a sentence for humans, and the numbers."""
 
     outcome: str
@@ -49,7 +42,7 @@ class Answer(_Message):
     over_budget: bool = False
 
 
-class PolicyStatus(_Message):
+class PolicyStatus(spending.Message):
     """The answer to ``GET /v1/policy-status``: is the caller's baked policy still current?
 
     Sidecars poll it so that a pod whose policy changed turns not-ready without waiting for

@@ -47,7 +47,9 @@ Outcome = Literal[
 ]
 
 
-class _Message(pydantic.BaseModel):
+class Message(pydantic.BaseModel):
+    """A wire message: camelCase names, unknown keys refused, immutable."""
+
     model_config = pydantic.ConfigDict(
         alias_generator=alias_generators.to_camel,
         populate_by_name=True,
@@ -56,7 +58,7 @@ class _Message(pydantic.BaseModel):
     )
 
 
-class LeaseGrantRequest(_Message):
+class LeaseGrantRequest(Message):
     """``POST /v1/leases``: a lease sized for ``releases`` releases of ``route``.
 
     ``leaseId`` is chosen by the sidecar so that a retried grant finds the lease it may
@@ -74,7 +76,7 @@ class LeaseGrantRequest(_Message):
     )
 
 
-class ReportedRelease(_Message):
+class ReportedRelease(Message):
     """One release made under a lease: which route, which request, when (RFC 3339)."""
 
     route: str = pydantic.Field(min_length=1, max_length=512)
@@ -82,7 +84,7 @@ class ReportedRelease(_Message):
     time: str = pydantic.Field(min_length=1, max_length=40)
 
 
-class LeaseReportRequest(_Message):
+class LeaseReportRequest(Message):
     """``POST /v1/leases/{id}/report`` (and ``/settle``): the releases since the last report.
 
     ``batch`` numbers the reports of a lease from 1; a retry repeats the number and is never
@@ -106,7 +108,7 @@ class LeaseReportRequest(_Message):
     )
 
 
-class LeaseAnswer(_Message):
+class LeaseAnswer(Message):
     """Every answer of the lease endpoints.
 
     Units are the budget's accounting mode's integers (``accounting``): ``granted`` and
