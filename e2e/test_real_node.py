@@ -21,14 +21,13 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hush.dev import binaries, cluster, layout, network_guard, real_node
+from hush.dev import binaries, layout, network_guard, real_node
 
-import devcluster
+import real_node_cluster
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("HUSH_REAL_NODE") != "1",
@@ -38,67 +37,17 @@ pytestmark = pytest.mark.skipif(
     ),
 )
 
-CLUSTER = f"{devcluster.DEFAULT_CLUSTER}-real"[:40]
+CLUSTER = real_node_cluster.name("real")
 OUTSIDE_ADDRESS = "203.0.113.7"
 """TEST-NET-3 (RFC 5737): never a real host; the default route would carry it off the machine."""
 POD_TIMEOUT_SECONDS = 90.0
 
 
-class Cluster:
-    """The real-node cluster of this module and its kubectl."""
-
-    def __init__(self, kubeconfig: Path) -> None:
-        self.kubeconfig = kubeconfig
-        bin_dir = cluster.bin_dir(name=CLUSTER, environ=os.environ)
-        assert bin_dir is not None
-        self.kubectl_path = binaries.Binaries(bin_dir).kubectl
-
-    def kubectl(self, *arguments: str, stdin: str | None = None, check: bool = True) -> str:
-        result = subprocess.run(
-            [str(self.kubectl_path), f"--kubeconfig={self.kubeconfig}", *arguments],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(arguments)}: {result.stderr}")
-        return result.stdout + result.stderr
-
-    def get(self, *arguments: str) -> dict[str, Any]:
-        document: dict[str, Any] = json.loads(self.kubectl("get", *arguments, "--output=json"))
-        return document
-
-
 @pytest.fixture(scope="module")
-def real_cluster() -> Iterator[Cluster]:
-    from hush.dev import host_setup
-
-    reason = host_setup.unavailable_reason()
-    if reason is not None:
-        # HUSH_REAL_NODE=1 says this machine must run it: a missing capability is a failure.
-        pytest.fail(f"HUSH_REAL_NODE=1 but {reason}")
-    result = devcluster.run_hush(
-        "dev", "up", "--name", CLUSTER, "--real-node", "--no-hush", timeout=900
-    )
-    if result.returncode != 0:
-        pytest.fail(f"hush dev up --real-node failed (exit {result.returncode}):\n{result.stderr}")
-    yield Cluster(Path(devcluster.last_line(result.stdout)))
+def real_cluster() -> Iterator[real_node_cluster.Cluster]:
+    yield real_node_cluster.Cluster(CLUSTER, real_node_cluster.up(CLUSTER, timeout=900))
     # The last test tears it down and checks; this only covers an earlier failure.
-    devcluster.run_hush("dev", "down", "--name", CLUSTER, timeout=300)
-
-
-def _route_device(address: str, *extra: str) -> str:
-    answer = json.loads(
-        subprocess.run(
-            ["ip", "-j", "route", "get", address, *extra],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
-    return str(answer[0].get("dev", ""))
+    real_node_cluster.down(CLUSTER)
 
 
 def _pod_manifest(name: str, image: str) -> dict[str, Any]:
@@ -125,7 +74,7 @@ def _pod_manifest(name: str, image: str) -> dict[str, Any]:
     }
 
 
-def _wait_ready_pod(real: Cluster, name: str) -> dict[str, Any]:
+def _wait_ready_pod(real: real_node_cluster.Cluster, name: str) -> dict[str, Any]:
     deadline = time.monotonic() + POD_TIMEOUT_SECONDS
     pod: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -137,15 +86,21 @@ def _wait_ready_pod(real: Cluster, name: str) -> dict[str, Any]:
     raise AssertionError(f"pod {name} not Ready: {json.dumps(pod.get('status'), indent=1)}")
 
 
-def test_the_guard_routes_every_cluster_range_to_our_bridge(real_cluster: Cluster) -> None:
+def test_the_guard_routes_every_cluster_range_to_our_bridge(
+    real_cluster: real_node_cluster.Cluster,
+) -> None:
     network_guard.verify()
     for check in network_guard.route_checks():
         assert check.device == network_guard.BRIDGE, check
-        assert _route_device(check.address) == network_guard.BRIDGE
-    assert _route_device(network_guard.NODE_ADDRESS) == "lo"  # our own address: local
+        assert real_node_cluster.route_device(check.address) == network_guard.BRIDGE
+    assert (
+        real_node_cluster.route_device(network_guard.NODE_ADDRESS) == "lo"
+    )  # our own address: local
 
 
-def test_the_real_node_is_ready_and_the_kwok_nodes_are_tainted(real_cluster: Cluster) -> None:
+def test_the_real_node_is_ready_and_the_kwok_nodes_are_tainted(
+    real_cluster: real_node_cluster.Cluster,
+) -> None:
     node = real_cluster.get("node", real_node.NODE_NAME)
     assert real_node.node_problem(node) is None
     assert node["status"]["nodeInfo"]["kubeletVersion"].startswith("v1.")
@@ -160,7 +115,7 @@ def test_the_real_node_is_ready_and_the_kwok_nodes_are_tainted(real_cluster: Clu
 
 
 @pytest.fixture(scope="module")
-def web_pod(real_cluster: Cluster) -> Iterator[dict[str, Any]]:
+def web_pod(real_cluster: real_node_cluster.Cluster) -> Iterator[dict[str, Any]]:
     images = real_node.build_images(binaries.cache_root(os.environ))
     manifest = _pod_manifest("real-web", images.busybox.reference)
     real_cluster.kubectl("apply", "--filename=-", stdin=json.dumps(manifest))
@@ -171,14 +126,14 @@ def web_pod(real_cluster: Cluster) -> Iterator[dict[str, Any]]:
 
 
 def test_a_pod_runs_on_the_real_node_and_serves_http_over_the_bridge(
-    real_cluster: Cluster, web_pod: dict[str, Any]
+    real_cluster: real_node_cluster.Cluster, web_pod: dict[str, Any]
 ) -> None:
     assert web_pod["spec"]["nodeName"] == real_node.NODE_NAME
     assert web_pod["status"]["phase"] == "Running"
     pod_ip = web_pod["status"]["podIP"]
     assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(network_guard.NODE_POD_SUBNET)
     # Checked before the first packet: the pod's address routes to our bridge.
-    assert _route_device(pod_ip) == network_guard.BRIDGE
+    assert real_node_cluster.route_device(pod_ip) == network_guard.BRIDGE
     assert _http_get(f"http://{pod_ip}:8080/") == b"hush real node\n"
     # The container really runs in containerd (kwok never fakes this node's pods).
     statuses = web_pod["status"]["containerStatuses"]
@@ -195,7 +150,7 @@ def _http_get(url: str) -> bytes:
 
 
 def test_a_cluster_ip_service_reaches_the_pod_through_kube_proxy(
-    real_cluster: Cluster, web_pod: dict[str, Any]
+    real_cluster: real_node_cluster.Cluster, web_pod: dict[str, Any]
 ) -> None:
     service = {
         "apiVersion": "v1",
@@ -207,7 +162,7 @@ def test_a_cluster_ip_service_reaches_the_pod_through_kube_proxy(
     cluster_ip = real_cluster.get("service", "real-web", "--namespace=default")["spec"]["clusterIP"]
     assert ipaddress.ip_address(cluster_ip) in ipaddress.ip_network(network_guard.SERVICE_RANGE)
     # Checked before the first packet: programmed or not, the Service IP stays on our bridge.
-    assert _route_device(cluster_ip) == network_guard.BRIDGE
+    assert real_node_cluster.route_device(cluster_ip) == network_guard.BRIDGE
     deadline = time.monotonic() + 30
     body, last_error = b"", ""
     while time.monotonic() < deadline:
@@ -238,7 +193,7 @@ def test_a_cluster_ip_service_reaches_the_pod_through_kube_proxy(
 
 
 def test_a_pod_reaches_the_apiserver_through_the_kubernetes_service(
-    real_cluster: Cluster, web_pod: dict[str, Any]
+    real_cluster: real_node_cluster.Cluster, web_pod: dict[str, Any]
 ) -> None:
     slices = real_cluster.get(
         "endpointslices", "--namespace=default", "--selector=kubernetes.io/service-name=kubernetes"
@@ -248,7 +203,7 @@ def test_a_pod_reaches_the_apiserver_through_the_kubernetes_service(
     service_ip = real_cluster.get("service", "kubernetes", "--namespace=default")["spec"][
         "clusterIP"
     ]
-    assert _route_device(service_ip) == network_guard.BRIDGE
+    assert real_node_cluster.route_device(service_ip) == network_guard.BRIDGE
     # The apiserver listens on every address; the guard drops its port elsewhere.
     port = real_cluster.get(
         "endpointslices", "--namespace=default", "--selector=kubernetes.io/service-name=kubernetes"
@@ -282,12 +237,14 @@ def test_a_pod_reaches_the_apiserver_through_the_kubernetes_service(
 
 
 def test_a_pod_cannot_reach_outside_the_packet_dies_on_our_drop_rule(
-    real_cluster: Cluster, web_pod: dict[str, Any]
+    real_cluster: real_node_cluster.Cluster, web_pod: dict[str, Any]
 ) -> None:
     pod_ip = web_pod["status"]["podIP"]
     # Where the kernel would send the pod's packet: out of the uplink, i.e. forwarded from
     # our bridge to another interface, which is exactly what the guard's forward rule drops.
-    outbound = _route_device(OUTSIDE_ADDRESS, "from", pod_ip, "iif", network_guard.BRIDGE)
+    outbound = real_node_cluster.route_device(
+        OUTSIDE_ADDRESS, "from", pod_ip, "iif", network_guard.BRIDGE
+    )
     assert outbound not in ("", network_guard.BRIDGE, "lo")
     network_guard.verify()  # the drop rule is in place before anything is sent
     before = network_guard.counters()["egress_dropped"]
@@ -309,11 +266,11 @@ def test_a_pod_cannot_reach_outside_the_packet_dies_on_our_drop_rule(
     assert "timed out" in attempt or "exit code 1" in attempt
 
 
-def test_down_leaves_nothing_of_ours(real_cluster: Cluster) -> None:
+def test_down_leaves_nothing_of_ours(real_cluster: real_node_cluster.Cluster) -> None:
     state = layout.layout_for(CLUSTER, os.environ)
     node = real_node.NodeLayout(state)
     socket = node.containerd.socket
-    result = devcluster.run_hush("dev", "down", "--name", CLUSTER, timeout=300)
+    result = real_node_cluster.down(CLUSTER)
     assert result.returncode == 0, result.stderr
     links = subprocess.run(
         ["ip", "-j", "link", "show"], capture_output=True, text=True, check=True

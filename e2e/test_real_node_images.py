@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from hush.dev import binaries, cluster, layout, network_guard, processes, real_node, registry
+from hush.dev import binaries, layout, network_guard, processes, real_node, registry
 
-import devcluster
+import real_node_cluster
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("HUSH_REAL_NODE") != "1",
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.skipif(
     ),
 )
 
-CLUSTER = "h7"
+CLUSTER = real_node_cluster.name("real-images")
 NAMESPACE = "default"
 POD_TIMEOUT_SECONDS = 180.0
 BUILD_TIMEOUT_SECONDS = 3600.0
@@ -52,53 +52,22 @@ RESTRICTED: dict[str, Any] = {
 }
 
 
-class Cluster:
+class Cluster(real_node_cluster.Cluster):
     """The cluster of this module, its kubectl and its registry's address."""
 
-    def __init__(self, kubeconfig: Path) -> None:
-        self.kubeconfig = kubeconfig
-        bin_dir = cluster.bin_dir(name=CLUSTER, environ=os.environ)
-        assert bin_dir is not None
-        self.kubectl_path = binaries.Binaries(bin_dir).kubectl
-        self.layout = layout.layout_for(CLUSTER, os.environ)
+    def __init__(self, cluster_name: str, kubeconfig: Path) -> None:
+        super().__init__(cluster_name, kubeconfig)
+        self.layout = layout.layout_for(cluster_name, os.environ)
         address = registry.address(registry.RegistryFiles(cluster=self.layout))
         assert address is not None, "hush dev up --real-node started no registry"
         self.registry = address
 
-    def kubectl(self, *arguments: str, stdin: str | None = None, check: bool = True) -> str:
-        result = subprocess.run(
-            [str(self.kubectl_path), f"--kubeconfig={self.kubeconfig}", *arguments],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(arguments)}: {result.stderr}")
-        return result.stdout + result.stderr
-
-    def get(self, *arguments: str) -> dict[str, Any]:
-        document: dict[str, Any] = json.loads(self.kubectl("get", *arguments, "--output=json"))
-        return document
-
 
 @pytest.fixture(scope="module")
 def real_cluster() -> Iterator[Cluster]:
-    from hush.dev import host_setup
-
-    reason = host_setup.unavailable_reason()
-    if reason is not None:
-        # HUSH_REAL_NODE=1 says this machine must run it: a missing capability is a failure.
-        pytest.fail(f"HUSH_REAL_NODE=1 but {reason}")
-    result = devcluster.run_hush(
-        "dev", "up", "--name", CLUSTER, "--real-node", "--no-hush", timeout=1800
-    )
-    if result.returncode != 0:
-        pytest.fail(f"hush dev up --real-node failed (exit {result.returncode}):\n{result.stderr}")
-    yield Cluster(Path(devcluster.last_line(result.stdout)))
+    yield Cluster(CLUSTER, real_node_cluster.up(CLUSTER, timeout=1800))
     # The last test tears it down and checks; this only covers an earlier failure.
-    devcluster.run_hush("dev", "down", "--name", CLUSTER, timeout=300)
+    real_node_cluster.down(CLUSTER)
 
 
 def _build_images() -> tuple[dict[str, Any], float]:
@@ -191,15 +160,6 @@ def _wait_pod(real: Cluster, name: str, *, phase: str | None = None) -> dict[str
     raise AssertionError(f"pod {name} not {phase or 'Ready'}: {json.dumps(pod.get('status'))}")
 
 
-def _route_device(address: str) -> str:
-    answer = json.loads(
-        subprocess.run(
-            ["ip", "-j", "route", "get", address], capture_output=True, text=True, check=True
-        ).stdout
-    )
-    return str(answer[0].get("dev", ""))
-
-
 CHECK_SCRIPT = """\
 import os, pathlib
 print("uid", os.getuid(), "gid", os.getgid())
@@ -289,7 +249,7 @@ def test_the_sample_app_image_serves_its_api(real_cluster: Cluster, images: dict
         pod_ip = pod["status"]["podIP"]
         assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(network_guard.NODE_POD_SUBNET)
         # Checked before the first packet: the pod's address routes to our bridge.
-        assert _route_device(pod_ip) == network_guard.BRIDGE
+        assert real_node_cluster.route_device(pod_ip) == network_guard.BRIDGE
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(f"http://{pod_ip}:8080/count?region=north", timeout=5) as response:
             body = json.loads(response.read())
@@ -342,7 +302,7 @@ def test_down_stops_the_registry_and_keeps_its_storage(real_cluster: Cluster) ->
     record = processes.read_pid_file(real_cluster.layout.pid_file(registry.COMPONENT))
     assert record is not None
     assert processes.is_alive(record)
-    result = devcluster.run_hush("dev", "down", "--name", CLUSTER, timeout=300)
+    result = real_node_cluster.down(CLUSTER)
     assert result.returncode == 0, result.stderr
     assert not processes.is_alive(record)
     assert not real_cluster.layout.state_dir.exists()

@@ -25,14 +25,12 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hush.dev import (
     binaries,
-    cluster,
     cluster_dns,
     layout,
     network_guard,
@@ -40,7 +38,7 @@ from hush.dev import (
     real_node,
 )
 
-import devcluster
+import real_node_cluster
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("HUSH_REAL_NODE") != "1",
@@ -50,7 +48,7 @@ pytestmark = pytest.mark.skipif(
     ),
 )
 
-CLUSTER = f"{devcluster.DEFAULT_CLUSTER}-real"[:40]
+CLUSTER = real_node_cluster.name("real")
 NAMESPACE = "netpol"
 POD_TIMEOUT_SECONDS = 90.0
 POLICY_TIMEOUT_SECONDS = 30.0
@@ -59,31 +57,8 @@ OUTSIDE_NAME = "example.com"
 SERVER_BODY = "hush real node"
 
 
-class Cluster:
-    """The real-node cluster of this module and its kubectl."""
-
-    def __init__(self, kubeconfig: Path) -> None:
-        self.kubeconfig = kubeconfig
-        bin_dir = cluster.bin_dir(name=CLUSTER, environ=os.environ)
-        assert bin_dir is not None
-        self.kubectl_path = binaries.Binaries(bin_dir).kubectl
-
-    def kubectl(self, *arguments: str, stdin: str | None = None, check: bool = True) -> str:
-        result = subprocess.run(
-            [str(self.kubectl_path), f"--kubeconfig={self.kubeconfig}", *arguments],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(arguments)}: {result.stderr}")
-        return result.stdout + result.stderr
-
-    def get(self, *arguments: str) -> dict[str, Any]:
-        document: dict[str, Any] = json.loads(self.kubectl("get", *arguments, "--output=json"))
-        return document
+class Cluster(real_node_cluster.Cluster):
+    """The real-node cluster of this module: kubectl, and apply a manifest."""
 
     def apply(self, manifest: dict[str, Any]) -> None:
         self.kubectl("apply", "--filename=-", stdin=json.dumps(manifest))
@@ -105,29 +80,9 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def real_cluster() -> Iterator[Cluster]:
-    from hush.dev import host_setup
-
-    reason = host_setup.unavailable_reason()
-    if reason is not None:
-        # HUSH_REAL_NODE=1 says this machine must run it: a missing capability is a failure.
-        pytest.fail(f"HUSH_REAL_NODE=1 but {reason}")
-    result = devcluster.run_hush(
-        "dev", "up", "--name", CLUSTER, "--real-node", "--no-hush", timeout=1800
-    )
-    if result.returncode != 0:
-        pytest.fail(f"hush dev up --real-node failed (exit {result.returncode}):\n{result.stderr}")
-    yield Cluster(Path(devcluster.last_line(result.stdout)))
+    yield Cluster(CLUSTER, real_node_cluster.up(CLUSTER, timeout=1800))
     # The last test tears it down and checks; this only covers an earlier failure.
-    devcluster.run_hush("dev", "down", "--name", CLUSTER, timeout=300)
-
-
-def _route_device(address: str) -> str:
-    answer = json.loads(
-        subprocess.run(
-            ["ip", "-j", "route", "get", address], capture_output=True, text=True, check=True
-        ).stdout
-    )
-    return str(answer[0].get("dev", ""))
+    real_node_cluster.down(CLUSTER)
 
 
 def _pod(name: str, image: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -222,7 +177,7 @@ def test_coredns_runs_as_a_pod_behind_kube_dns_at_the_kubelets_address(
 ) -> None:
     service = real_cluster.get("service", cluster_dns.SERVICE_NAME, "--namespace=kube-system")
     assert service["spec"]["clusterIP"] == real_node.CLUSTER_DNS
-    assert _route_device(real_node.CLUSTER_DNS) == network_guard.BRIDGE
+    assert real_node_cluster.route_device(real_node.CLUSTER_DNS) == network_guard.BRIDGE
     listed = real_cluster.get("pods", "--namespace=kube-system", "--selector=k8s-app=kube-dns")
     (pod,) = listed["items"]
     assert pod["spec"]["nodeName"] == real_node.NODE_NAME
@@ -308,7 +263,7 @@ def test_a_network_policy_blocks_pod_to_pod_http_and_an_allow_rule_restores_one_
 ) -> None:
     assert network_policy.enforcing()
     server_ip = pods["server"]["status"]["podIP"]
-    assert _route_device(server_ip) == network_guard.BRIDGE
+    assert real_node_cluster.route_device(server_ip) == network_guard.BRIDGE
     # Before any policy: both clients reach the server.
     assert _reaches(real_cluster, "client", server_ip)
     assert _reaches(real_cluster, "stranger", server_ip)
@@ -367,7 +322,7 @@ def test_down_removes_kube_routers_chains_and_ipsets(real_cluster: Cluster) -> N
     assert network_policy.remaining() != []  # what down must remove is there now
     state = layout.layout_for(CLUSTER, os.environ)
     node = real_node.NodeLayout(state)
-    result = devcluster.run_hush("dev", "down", "--name", CLUSTER, timeout=300)
+    result = real_node_cluster.down(CLUSTER)
     assert result.returncode == 0, result.stderr
     assert network_policy.remaining() == []
     assert not network_policy.enforcing()

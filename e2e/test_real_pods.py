@@ -47,10 +47,11 @@ from kubernetes import client, config
 
 from hush.accountant import leadership
 from hush.admission import mutation, validation
-from hush.dev import binaries, cluster, network_guard, real_node, release_install, sample_app
+from hush.dev import network_guard, real_node, release_install, sample_app
 
 import devcluster
 import hush_resources
+import real_node_cluster
 import spending
 import waiting
 
@@ -62,7 +63,7 @@ pytestmark = pytest.mark.skipif(
     ),
 )
 
-CLUSTER = "h13"
+CLUSTER = real_node_cluster.name("real-pods")
 POD_TIMEOUT_SECONDS = 180.0
 BUILD_TIMEOUT_SECONDS = 3600.0
 ROUTE_EPSILON = 0.25
@@ -89,14 +90,11 @@ print(json.dumps({"status": status, "headers": headers, "body": body.decode()}))
 """
 
 
-class Real:
+class Real(real_node_cluster.Cluster):
     """The cluster of this module: kubectl, the API, the images and the installed release."""
 
-    def __init__(self, kubeconfig: Path) -> None:
-        self.kubeconfig = kubeconfig
-        bin_dir = cluster.bin_dir(name=CLUSTER, environ=os.environ)
-        assert bin_dir is not None
-        self.kubectl_path = binaries.Binaries(bin_dir).kubectl
+    def __init__(self, cluster_name: str, kubeconfig: Path) -> None:
+        super().__init__(cluster_name, kubeconfig)
         self.api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=str(kubeconfig)
         )
@@ -105,21 +103,11 @@ class Real:
         self.timings: dict[str, float] = {}
 
     def kubectl(self, *arguments: str, stdin: str | None = None, check: bool = True) -> str:
-        result = subprocess.run(
-            [str(self.kubectl_path), f"--kubeconfig={self.kubeconfig}", *arguments],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        """Checked: stdout only (it is parsed); unchecked: stdout and stderr (for the dump)."""
+        result = self.run_kubectl(*arguments, stdin=stdin)
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(arguments)}: {result.stderr}")
         return result.stdout + (result.stderr if not check else "")
-
-    def get(self, *arguments: str) -> dict[str, Any]:
-        document: dict[str, Any] = json.loads(self.kubectl("get", *arguments, "--output=json"))
-        return document
 
     def dump(self, *namespaces: str) -> str:
         """What a failure needs: pods described, every container's log, events."""
@@ -152,19 +140,8 @@ def diagnosed(real: Real, *namespaces: str) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def real() -> Iterator[Real]:
-    from hush.dev import host_setup
-
-    reason = host_setup.unavailable_reason()
-    if reason is not None:
-        # HUSH_REAL_NODE=1 says this machine must run it: a missing capability is a failure.
-        pytest.fail(f"HUSH_REAL_NODE=1 but {reason}")
     began = time.monotonic()
-    result = devcluster.run_hush(
-        "dev", "up", "--name", CLUSTER, "--real-node", "--no-hush", timeout=1800
-    )
-    if result.returncode != 0:
-        pytest.fail(f"hush dev up --real-node failed (exit {result.returncode}):\n{result.stderr}")
-    found = Real(Path(devcluster.last_line(result.stdout)))
+    found = Real(CLUSTER, real_node_cluster.up(CLUSTER, timeout=1800))
     found.timings["up"] = time.monotonic() - began
     try:
         began = time.monotonic()
@@ -188,7 +165,7 @@ def real() -> Iterator[Real]:
     finally:
         found.api.close()  # type: ignore[no-untyped-call]
         # The last test tears it down and checks; this only covers an earlier failure.
-        devcluster.run_hush("dev", "down", "--name", CLUSTER, timeout=300)
+        real_node_cluster.down(CLUSTER)
 
 
 def _release(real: Real) -> release_install.Release:
@@ -196,18 +173,9 @@ def _release(real: Real) -> release_install.Release:
     return real.release
 
 
-def _route_device(address: str) -> str:
-    answer = json.loads(
-        subprocess.run(
-            ["ip", "-j", "route", "get", address], capture_output=True, text=True, check=True
-        ).stdout
-    )
-    return str(answer[0].get("dev", ""))
-
-
 def _on_our_bridge(address: str) -> None:
     """Checked before the first packet: ``address`` routes to our bridge, nowhere else."""
-    assert _route_device(address) == network_guard.BRIDGE, address
+    assert real_node_cluster.route_device(address) == network_guard.BRIDGE, address
 
 
 # -- the chart ----------------------------------------------------------------------------------
@@ -578,6 +546,6 @@ def test_down_removes_the_cluster(real: Real) -> None:
         + ", ".join(f"{step} {seconds:.1f}s" for step, seconds in real.timings.items()),
         file=sys.stderr,
     )
-    result = devcluster.run_hush("dev", "down", "--name", CLUSTER, timeout=300)
+    result = real_node_cluster.down(CLUSTER)
     assert result.returncode == 0, result.stderr
     assert not Path(real.kubeconfig).exists()

@@ -313,13 +313,19 @@ def apply(*, cluster_name: str, state_dir: Path, inbound_ports: Sequence[int] = 
     )
 
 
+def route_get(address: str, *selectors: str) -> list[dict[str, Any]]:
+    """The kernel's answer to ``ip -j route get ADDRESS [SELECTORS]`` (e.g. ``from``, ``iif``):
+    where a packet for ``address`` would go, asked before anything is sent there."""
+    answer: list[dict[str, Any]] = _json(["ip", "-j", "route", "get", address, *selectors]) or []
+    return answer
+
+
 def route_checks() -> list[RouteCheck]:
     """``ip route get`` for one address in each guarded range."""
     checks = []
     for cluster_range in GUARDED_RANGES:
         address = probe_address(cluster_range)
-        answer = _json(["ip", "-j", "route", "get", address])
-        checks.append(parse_route_get(cluster_range, address, answer or []))
+        checks.append(parse_route_get(cluster_range, address, route_get(address)))
     return checks
 
 
